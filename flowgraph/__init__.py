@@ -1,0 +1,49 @@
+"""flowgraph — sparse attention patterns, their information-flow graphs and the checks on them.
+
+>>> import flowgraph as fg
+>>> r = fg.check(fg.fixed(64, stride=8))
+>>> r.full_information, r.witness
+(False, (0, 0))
+
+Only numpy, scipy and networkx are imported here; figures live in :mod:`flowgraph.plot`
+(plotly), imported on first use.
+"""
+
+from flowgraph.check import Report, check
+from flowgraph.flow import Flow
+from flowgraph.graph import flow_graph
+from flowgraph.pattern import Pattern
+from flowgraph.patterns import (
+    dense,
+    fixed,
+    from_block_layout,
+    from_masks,
+    local,
+    ltr,
+    rtl,
+    star,
+    strided,
+)
+from flowgraph.reach import reachability
+from flowgraph.stack import stack
+
+__all__ = [
+    "Flow",
+    "Pattern",
+    "Report",
+    "check",
+    "dense",
+    "fixed",
+    "flow_graph",
+    "from_block_layout",
+    "from_masks",
+    "local",
+    "ltr",
+    "reachability",
+    "rtl",
+    "stack",
+    "star",
+    "strided",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,164 @@
+"""``check``: everything a pattern designer wants to know before training with a pattern.
+
+Full information (Daras et al.): for every (q, k) in the target set — k ≤ q when causal, every
+pair otherwise — a path k → a₁ → … → q exists that uses the steps in order, one hop per step
+(step s carries a → b when ``steps[s][b, a]``). Only attention edges count: there is no implicit
+residual edge, so a step that leaves out the diagonal can forget a token's own information.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from flowgraph.flow import Flow, flow_summary
+from flowgraph.pattern import Pattern
+from flowgraph.reach import reach_summary
+
+__all__ = ["Report", "check"]
+
+
+@dataclass(frozen=True)
+class Report:
+    """The result of :func:`check`. ``to_dict()`` gives plain JSON types.
+
+    Fields
+    ------
+    name, n, causal, num_steps : the checked pattern.
+    full_information : every target pair (q, k) is reached after the last step.
+    target_pairs, missing_pairs : size of the target set, and how many of it are not reached.
+    witness : one missing (query, key) — the smallest query, then its smallest key — or None.
+    reached : target pairs reached after each step (cumulative paths of length 1, 2, ...).
+    empty_rows : per step, the queries with no key at all (a softmax over nothing).
+    causality_violations : entries with k > q over all steps of a causal pattern (0 otherwise).
+    edges, edges_total : entries per step and their sum.
+    edge_ratio : edges_total / (n·√n), the scale of the Child et al. / Daras et al. bound.
+    in_degree : per step, (min, max) keys per query.
+    constant_in_degree : every step gives every query the same number of keys.
+    flow : the flow constraint (``check(flow=True)`` only), see :class:`flowgraph.flow.Flow`.
+    """
+
+    name: str
+    n: int
+    causal: bool
+    num_steps: int
+    full_information: bool
+    target_pairs: int
+    missing_pairs: int
+    witness: tuple[int, int] | None
+    reached: tuple[int, ...]
+    empty_rows: tuple[tuple[int, ...], ...]
+    causality_violations: int
+    edges: tuple[int, ...]
+    edges_total: int
+    edge_ratio: float
+    in_degree: tuple[tuple[int, int], ...]
+    constant_in_degree: bool
+    flow: Flow | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dicts, lists, ints, floats and bools: ``json.dumps(report.to_dict())`` works."""
+        out = asdict(self)
+        out["witness"] = list(self.witness) if self.witness is not None else None
+        out["reached"] = list(self.reached)
+        out["empty_rows"] = [list(rows) for rows in self.empty_rows]
+        out["edges"] = list(self.edges)
+        out["in_degree"] = [list(pair) for pair in self.in_degree]
+        return out
+
+    def summary(self) -> str:
+        """A few human lines; the witness is named when information is missing."""
+        verdict = "full information" if self.full_information else "NOT full information"
+        kind = "causal" if self.causal else "bidirectional"
+        lines = [
+            f"{self.name}: n={self.n}, {kind}, {self.num_steps} step(s) — {verdict}",
+        ]
+        if self.witness is not None:
+            q, k = self.witness
+            lines.append(
+                f"  missing pairs: {self.missing_pairs:,} of {self.target_pairs:,}; "
+                f"witness: key {k} never reaches query {q}"
+            )
+        lines.append(
+            f"  edges: {' + '.join(f'{e:,}' for e in self.edges)} = {self.edges_total:,} "
+            f"({self.edge_ratio:.2f} × n·√n)"
+        )
+        degree = ", ".join(f"{lo}..{hi}" for lo, hi in self.in_degree)
+        const = "constant" if self.constant_in_degree else "not constant"
+        lines.append(f"  in-degree per step: {degree} ({const})")
+        empties = [len(rows) for rows in self.empty_rows]
+        if any(empties):
+            first = next(rows for rows in self.empty_rows if rows)
+            lines.append(
+                f"  empty query rows per step: {empties} (e.g. query {first[0]} attends nothing)"
+            )
+        if self.causal:
+            lines.append(f"  causality violations (k > q): {self.causality_violations:,}")
+        if self.flow is not None:
+            f = self.flow
+            lines.append(
+                f"  flow per query: min {f.min}, mean {f.mean:.2f}, max {f.max}; "
+                f"total {f.total:,} ({f.ratio:.3f} of the target pairs)"
+            )
+        return "\n".join(lines)
+
+
+def check(pattern: Pattern, flow: bool = False) -> Report:
+    """Check a pattern (or a stack of layers): full information, edges, degrees, causality, flow.
+
+    Parameters
+    ----------
+    pattern : the Pattern to check; a :func:`flowgraph.stack` result is a Pattern too.
+    flow : also compute the flow constraint (one max-flow per query: slower, see the docs).
+
+    Returns
+    -------
+    Report
+
+    Raises
+    ------
+    TypeError : ``pattern`` is not a Pattern.
+
+    Examples
+    --------
+    >>> import flowgraph as fg
+    >>> fg.check(fg.ltr(16, stride=4)).full_information
+    True
+    >>> r = fg.check(fg.ltr(10, stride=4))   # the stride does not divide n
+    >>> r.full_information, r.witness
+    (False, (0, 8))
+    """
+    if not isinstance(pattern, Pattern):
+        raise TypeError(f"pattern must be a flowgraph.Pattern, got {type(pattern).__name__}")
+    n = pattern.n
+    reach = reach_summary(pattern)
+    degrees = [np.diff(m.indptr) for m in pattern.steps]
+    edges = pattern.edges()
+    violations = 0
+    if pattern.causal:
+        for m, deg in zip(pattern.steps, degrees, strict=True):
+            rows = np.repeat(np.arange(n, dtype=np.int64), deg)
+            violations += int(np.count_nonzero(m.indices > rows))
+    in_degree = tuple((int(d.min()), int(d.max())) for d in degrees)
+    return Report(
+        name=pattern.name,
+        n=n,
+        causal=pattern.causal,
+        num_steps=pattern.num_steps,
+        full_information=reach.missing_pairs == 0,
+        target_pairs=reach.target_pairs,
+        missing_pairs=reach.missing_pairs,
+        witness=reach.witness,
+        reached=reach.reached,
+        empty_rows=tuple(tuple(np.flatnonzero(d == 0).tolist()) for d in degrees),
+        causality_violations=violations,
+        edges=edges,
+        edges_total=sum(edges),
+        edge_ratio=sum(edges) / (n * math.sqrt(n)),
+        in_degree=in_degree,
+        constant_in_degree=all(lo == hi for lo, hi in in_degree),
+        flow=flow_summary(pattern) if flow else None,
+    )

@@ -1,0 +1,203 @@
+"""The :class:`Pattern` data object: a named sequence of boolean attention masks (steps).
+
+Mask convention everywhere: ``steps[s][q, k]`` is True iff query ``q`` attends key ``k`` at step
+``s``; positions are 0-based and a causal pattern keeps ``k ≤ q``. Steps are stored as sorted
+``scipy.sparse.csr_array`` of bool whose buffers are read-only, so a Pattern never changes after it
+is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from flowgraph import _validate
+
+__all__ = ["DENSE_LIMIT_BYTES", "Pattern"]
+
+DENSE_LIMIT_BYTES = 256 * 2**20  # refuse a dense n×n copy above this unless asked for
+
+
+def _fmt_bytes(num: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if num < 1024 or unit == "TiB":
+            return f"{num:.1f} {unit}"
+        num /= 1024
+    raise AssertionError("unreachable")
+
+
+def as_step(mask: Any, n: int | None, argname: str) -> sp.csr_array:
+    """Turn a dense bool array or scipy sparse matrix into a canonical read-only bool CSR step.
+
+    ``n`` is the size every step must have (None: take it from the first mask).
+    """
+    if sp.issparse(mask):
+        if mask.dtype != np.bool_:
+            raise TypeError(f"{argname} must be boolean, got a sparse matrix of dtype {mask.dtype}")
+        shape = mask.shape
+        csr = sp.csr_array(mask, dtype=np.bool_, copy=True)
+    else:
+        arr = np.asarray(mask)
+        if arr.dtype != np.bool_:
+            raise TypeError(
+                f"{argname} must be a boolean array, got dtype {arr.dtype}; "
+                "convert with mask.astype(bool) if 0/1 values are meant"
+            )
+        shape = arr.shape
+        if arr.ndim != 2:
+            raise ValueError(f"{argname} must be 2-D (n, n), got shape {shape}")
+        csr = sp.csr_array(arr)
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"{argname} must be square (n, n), got shape {tuple(shape)}")
+    if n is not None and shape[0] != n:
+        raise ValueError(f"{argname} has n={shape[0]} but the pattern has n={n}; all steps share n")
+    if shape[0] == 0:
+        raise ValueError(f"{argname} must have n ≥ 1, got shape {tuple(shape)}")
+    csr.eliminate_zeros()
+    csr.sum_duplicates()
+    csr.sort_indices()
+    return freeze(csr)
+
+
+def freeze(csr: sp.csr_array) -> sp.csr_array:
+    """Make the buffers of a canonical bool CSR read-only (and its indices compact int32)."""
+    if csr.nnz < 2**31 - 1 and csr.indices.dtype != np.int32:
+        csr = sp.csr_array(
+            (csr.data, csr.indices.astype(np.int32), csr.indptr.astype(np.int64)),
+            shape=csr.shape,
+        )
+    for buf in (csr.data, csr.indices, csr.indptr):
+        buf.flags.writeable = False
+    return csr
+
+
+class Pattern:
+    """An immutable sparse attention pattern: ``num_steps`` boolean n×n masks applied in order.
+
+    Build one with a constructor (:func:`flowgraph.strided`, :func:`flowgraph.fixed`, ...,
+    :func:`flowgraph.from_masks`) rather than directly. Two patterns compare equal when they have
+    the same ``n``, ``causal`` flag and steps; the name and params are labels only.
+
+    Examples
+    --------
+    >>> import flowgraph as fg
+    >>> p = fg.strided(16, stride=4)
+    >>> p
+    Pattern('strided', n=16, causal=True, steps=2, edges=(70, 40), params={'stride': 4})
+    >>> p.dense(1)[8].nonzero()[0].tolist()   # query 8 attends keys ≡ 8 (mod 4) at or before it
+    [0, 4, 8]
+    """
+
+    __slots__ = ("_causal", "_n", "_name", "_params", "_steps")
+
+    def __init__(
+        self,
+        name: str,
+        n: int,
+        causal: bool,
+        steps: Sequence[Any],
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str, got {name!r}")
+        n = _validate.positive_int("n", n)
+        if len(steps) == 0:
+            raise ValueError("steps must hold at least one mask, got an empty sequence")
+        self._name = name
+        self._n = n
+        self._causal = _validate.flag("causal", causal)
+        self._steps = tuple(as_step(m, n, f"steps[{i}]") for i, m in enumerate(steps))
+        self._params = dict(params or {})
+
+    # --- fields -------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def n(self) -> int:
+        return self._n
+
+    @property
+    def causal(self) -> bool:
+        return self._causal
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The constructor's parameters (a copy: changing it changes nothing)."""
+        return dict(self._params)
+
+    @property
+    def steps(self) -> tuple[sp.csr_array, ...]:
+        return self._steps
+
+    @property
+    def num_steps(self) -> int:
+        return len(self._steps)
+
+    # --- inspection ---------------------------------------------------------------------------
+    def edges(self) -> tuple[int, ...]:
+        """Number of (query, key) entries in each step."""
+        return tuple(int(s.nnz) for s in self._steps)
+
+    def dense(self, step: int = 0, *, max_bytes: int = DENSE_LIMIT_BYTES) -> np.ndarray:
+        """Step ``step`` as a dense (n, n) bool array; refuses above ``max_bytes`` of memory."""
+        step = self._step_index(step)
+        need = self._n * self._n
+        if need > max_bytes:
+            raise MemoryError(
+                f"dense(step={step}) would need {_fmt_bytes(need)} for n={self._n}, above the "
+                f"limit max_bytes={_fmt_bytes(max_bytes)}; use .steps[{step}] (sparse) or pass a "
+                "larger max_bytes"
+            )
+        return self._steps[step].toarray()
+
+    def merged(self) -> Pattern:
+        """One step: the union of all steps (the 'merged head' view of the pattern)."""
+        union = self._steps[0]
+        for s in self._steps[1:]:
+            union = union + s  # bool + bool is logical or
+        return Pattern(
+            f"{self._name}/merged",
+            self._n,
+            self._causal,
+            [union],
+            {**self._params, "merged_from": self._name},
+        )
+
+    def block_layout(self, block: int) -> np.ndarray:
+        """(num_steps, nb, nb) bool with nb = ⌈n/block⌉: a block is on when any entry in it is."""
+        block = _validate.positive_int("block", block)
+        nb = -(-self._n // block)
+        layout = np.zeros((self.num_steps, nb, nb), dtype=np.bool_)
+        for s, m in enumerate(self._steps):
+            rows = np.repeat(np.arange(self._n) // block, np.diff(m.indptr))
+            layout[s, rows, m.indices // block] = True
+        return layout
+
+    def _step_index(self, step: object) -> int:
+        return _validate.int_in_range(
+            "step", step, 0, self.num_steps - 1, f"the pattern has {self.num_steps} steps"
+        )
+
+    # --- dunder -------------------------------------------------------------------------------
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Pattern):
+            return NotImplemented
+        if (self._n, self._causal, self.num_steps) != (other._n, other._causal, other.num_steps):
+            return False
+        return all(
+            np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices)
+            for a, b in zip(self._steps, other._steps, strict=True)
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # equality is by content, and content is large
+
+    def __repr__(self) -> str:
+        return (
+            f"Pattern({self._name!r}, n={self._n}, causal={self._causal}, "
+            f"steps={self.num_steps}, edges={self.edges()}, params={self._params})"
+        )
