@@ -67,6 +67,8 @@ class Report:
         out["empty_rows"] = [list(rows) for rows in self.empty_rows]
         out["edges"] = list(self.edges)
         out["in_degree"] = [list(pair) for pair in self.in_degree]
+        if out["flow"] is not None:
+            out["flow"]["per_query"] = list(self.flow.per_query)
         return out
 
     def summary(self) -> str:

@@ -188,7 +188,14 @@ def from_masks(masks: Any, causal: bool, name: str = "custom") -> Pattern:
         raise ValueError("masks must hold at least one mask, got an empty sequence")
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty str, got {name!r}")
-    shapes = [m.shape if sp.issparse(m) else np.shape(m) for m in steps]
+    steps = [m if sp.issparse(m) else np.asarray(m) for m in steps]
+    for i, m in enumerate(steps):  # named here as masks[i], the caller's argument
+        if m.dtype != np.bool_:
+            raise TypeError(
+                f"masks[{i}] must be boolean, got dtype {m.dtype}; "
+                "convert with mask.astype(bool) if 0/1 values are meant"
+            )
+    shapes = [m.shape for m in steps]
     for i, shape in enumerate(shapes):
         if len(shape) != 2 or shape[0] != shape[1]:
             raise ValueError(f"masks[{i}] must be square (n, n), got shape {tuple(shape)}")
@@ -221,7 +228,9 @@ def from_block_layout(
     if layout_snn.ndim == 2:
         layout_snn = layout_snn[None]
     if layout_snn.ndim != 3 or layout_snn.shape[1] != layout_snn.shape[2]:
-        raise ValueError(f"layout must be (steps, nb, nb) or (nb, nb), got shape {layout.shape}")
+        raise ValueError(
+            f"layout must be (steps, nb, nb) or (nb, nb), got shape {np.shape(layout)}"
+        )
     block = _validate.positive_int("block", block)
     causal = _validate.flag("causal", causal)
     nb = layout_snn.shape[1]

@@ -1,0 +1,46 @@
+# flowgraph — the two set-up commands are `make demo` and `make test`; both create .venv themselves.
+# torch is installed first, pinned, so that pip never resolves an unpinned torch to a CUDA build
+# (several GB). Override it, e.g. `make test TORCH_SPEC="torch==2.13.0+cu126"` on a GPU machine.
+
+PYTHON     ?= python3
+VENV       ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN        := $(VENV)/bin
+STAMP      := $(VENV)/.installed
+
+.PHONY: install demo test lint docs docs-serve pictures bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/flowgraph demo --out out/demo
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mkdocs build --strict --quiet
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
+docs-serve: $(STAMP)
+	$(BIN)/mkdocs serve
+
+pictures: $(STAMP)
+	$(BIN)/python docs/pictures.py --out docs/img
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/check_scaling.py
+
+clean:
+	rm -rf $(VENV) site out .pytest_cache .ruff_cache .hypothesis *.egg-info

@@ -1,0 +1,19 @@
+"""Shared set-up for the test suite: make ``tests/oracles.py`` importable as ``oracles`` under any
+pytest import mode, and have hypothesis print a reproduction blob on CI (``CI=true``), where its
+example database does not survive the run."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from hypothesis import settings
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+settings.register_profile("ci", print_blob=True)
+if os.environ.get("CI") == "true":
+    settings.load_profile("ci")
