@@ -263,6 +263,27 @@ def _segments(
     return np.concatenate(xs), np.concatenate(ys)
 
 
+def _labelled_marker(
+    x: int, y: int, label: str, position: str, color: str, symbol: str, node_size: int
+) -> go.Scatter:
+    """One outlined, labelled node marker drawn above the flow graph (a witness key or query)."""
+    return go.Scatter(
+        x=[x],
+        y=[y],
+        mode="markers+text",
+        name=label,
+        text=[label],
+        textposition=position,
+        cliponaxis=False,
+        marker={
+            "color": color,
+            "size": node_size + 10,
+            "symbol": symbol,
+            "line": {"color": "black", "width": 1.5},
+        },
+    )
+
+
 def make_flow_graph_figure(
     pattern: Pattern,
     report: Report | None = None,
@@ -378,41 +399,14 @@ def make_flow_graph_figure(
             )
         )
         fig.add_trace(
-            go.Scatter(
-                x=[key],
-                y=[0],
-                mode="markers+text",
-                name=f"key {key}",
-                text=[f"key {key}"],
-                textposition="bottom center",
-                cliponaxis=False,
-                marker={
-                    "color": _KEY,
-                    "size": node_size + 10,
-                    "symbol": "diamond",
-                    "line": {"color": "black", "width": 1.5},
-                },
-            )
+            _labelled_marker(key, 0, f"key {key}", "bottom center", _KEY, "diamond", node_size)
         )
     if witness is not None:
         q = witness[0]
         fig.add_trace(
-            go.Scatter(
-                x=[q],
-                y=[p],
-                mode="markers+text",
-                name=f"query {q} (never reached by key {key})",
-                text=[f"query {q}"],
-                textposition="top center",
-                cliponaxis=False,
-                marker={
-                    "color": _QUERY,
-                    "size": node_size + 10,
-                    "symbol": "square",
-                    "line": {"color": "black", "width": 1.5},
-                },
-            )
+            _labelled_marker(q, p, f"query {q}", "top center", _QUERY, "square", node_size)
         )
+        fig.data[-1].name = f"query {q} (never reached by key {key})"
     lines = []
     if witness is not None:
         lines.append(
