@@ -3,4 +3,64 @@ the torch reference implementation every kernel is tested against.
 
 Layer: imports ``flowgraph`` only (never ``models`` or ``app``); CuPy is imported lazily so that
 everything runs on a machine without CUDA through the torch reference path.
+
+>>> import flowgraph as fg, gpu, torch
+>>> mask = gpu.SparseMask.from_pattern(fg.strided(100, stride=10), heads=4, mode="heads")
+>>> q_bhnd = torch.randn(2, 4, 100, 32)
+>>> out_bhnd = gpu.sparse_attention(q_bhnd, q_bhnd, q_bhnd, mask)
+>>> out_bhnd.shape, gpu.backend_for(q_bhnd)
+(torch.Size([2, 4, 100, 32]), 'torch')
+
+Status: the CuPy kernels have not landed yet (``gpu/_cupy.py``), so every call runs the
+reference; see ``docs/gpu.md``.
 """
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from gpu.mask import SparseMask
+from gpu.reference import check_inputs, sparse_attention_reference
+
+__all__ = ["SparseMask", "backend_for", "sparse_attention"]
+
+
+def _kernels_available() -> bool:
+    """The CuPy launchers live in ``gpu/_cupy.py``; until that module exists there are none."""
+    return importlib.util.find_spec("gpu._cupy") is not None
+
+
+def backend_for(q_bhnd: torch.Tensor) -> str:
+    """``"cupy"`` when ``q_bhnd`` is a CUDA tensor, CuPy is importable and the kernels exist;
+    ``"torch"`` (the reference, any device) otherwise. Never imports CuPy itself."""
+    if not isinstance(q_bhnd, torch.Tensor):
+        raise TypeError(f"q_bhnd must be a torch.Tensor, got {type(q_bhnd).__name__}")
+    if q_bhnd.is_cuda and _kernels_available() and importlib.util.find_spec("cupy") is not None:
+        return "cupy"
+    return "torch"
+
+
+def sparse_attention(
+    q_bhnd: torch.Tensor,
+    k_bhnd: torch.Tensor,
+    v_bhnd: torch.Tensor,
+    mask: SparseMask,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Masked sparse attention, differentiable: out[q] = Σ_k softmax over the keys ``mask``
+    allows for q of (scale·q·k) · v[k], scale = 1/√d by default.
+
+    A query with no allowed key gives zeros (never NaN) and zero gradients. q, k, v are
+    (b, h, n, d) tensors of one dtype (float16, bfloat16, float32, float64) on one device;
+    ``mask`` has n positions, 1 or h heads, and lives on the same device (``mask.to``). A
+    permuted mask's permutation is applied to q, k, v and undone on the output. Inputs are
+    checked before any work; the backend is :func:`backend_for`.
+    """
+    scale = check_inputs(q_bhnd, k_bhnd, v_bhnd, mask, scale)
+    if backend_for(q_bhnd) == "cupy":  # pragma: no cover - needs a GPU and the kernels
+        from gpu import _cupy  # type: ignore[attr-defined]
+
+        return _cupy.sparse_attention(q_bhnd, k_bhnd, v_bhnd, mask, scale)
+    return sparse_attention_reference(q_bhnd, k_bhnd, v_bhnd, mask, scale)
