@@ -3,3 +3,17 @@ head metrics; EntityMemory, PartiallyFrozenEmbedding and word2vec.
 
 Layer: imports ``gpu`` and ``flowgraph`` (never ``app``).
 """
+
+from models.entity_memory import (
+    DEFAULT_BLOCK_SIZE,
+    EntityMemory,
+    entity_attention,
+    find_mentions,
+)
+
+__all__ = [
+    "DEFAULT_BLOCK_SIZE",
+    "EntityMemory",
+    "entity_attention",
+    "find_mentions",
+]
