@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN        := $(VENV)/bin
 STAMP      := $(VENV)/.installed
 
-.PHONY: install demo test lint docs docs-serve pictures bench clean
+.PHONY: install demo test lint docs docs-serve pictures bench bench-entity-memory clean
 
 install: $(STAMP)
 
@@ -41,6 +41,10 @@ pictures: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/check_scaling.py
+	$(BIN)/python benchmarks/partial_embedding.py
+
+bench-entity-memory: $(STAMP)  # about 12 minutes: the seed's per-mention loop is the baseline
+	$(BIN)/python benchmarks/entity_memory.py
 
 clean:
 	rm -rf $(VENV) site out .pytest_cache .ruff_cache .hypothesis *.egg-info

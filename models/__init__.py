@@ -4,6 +4,7 @@ head metrics; EntityMemory, PartiallyFrozenEmbedding and word2vec.
 Layer: imports ``gpu`` and ``flowgraph`` (never ``app``).
 """
 
+from models.embedding import PartiallyFrozenEmbedding, remap
 from models.entity_memory import (
     DEFAULT_BLOCK_SIZE,
     EntityMemory,
@@ -14,6 +15,8 @@ from models.entity_memory import (
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
     "EntityMemory",
+    "PartiallyFrozenEmbedding",
     "entity_attention",
     "find_mentions",
+    "remap",
 ]
