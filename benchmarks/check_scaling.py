@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -42,6 +40,7 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 import scipy
+from _report import load_average, machine_line
 
 import flowgraph as fg
 
@@ -151,16 +150,6 @@ def run(
 
 
 # --- report ------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def max_rss_bytes() -> int | None:
     """The process's ru_maxrss in bytes (KiB on Linux, bytes on macOS), None where unsupported."""
     try:
@@ -169,22 +158,6 @@ def max_rss_bytes() -> int | None:
         return None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024
-
-
-def load_average() -> str:
-    """The 1-minute load average: above the CPU count, other work was competing for the CPUs."""
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except (AttributeError, OSError):  # not on every platform
-        return "unknown"
-
-
-def machine_line() -> str:
-    return (
-        f"Machine: {platform.platform()}, {os.cpu_count()} CPUs ({cpu_model()}); "
-        f"Python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}, "
-        f"networkx {nx.__version__}"
-    )
 
 
 def fmt_s(seconds: float) -> str:
@@ -230,7 +203,9 @@ def report(rows: list[Row], command: str, repeats: int, load: str) -> str:
     rss = max_rss_bytes()
     rss_text = "unavailable" if rss is None else f"{rss / MIB:.0f} MiB"
     lines = [
-        machine_line(),
+        machine_line(
+            f"numpy {np.__version__}, scipy {scipy.__version__}, networkx {nx.__version__}"
+        ),
         "",
         f"Command: `{command}`",
         "",

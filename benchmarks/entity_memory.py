@@ -36,7 +36,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import re
 import shlex
 import statistics
@@ -55,6 +54,8 @@ from torch.nn import Linear, Module, NLLLoss
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
+
+from _report import load_average, machine_line  # noqa: E402
 
 from models.entity_memory import DEFAULT_BLOCK_SIZE, EntityMemory  # noqa: E402
 
@@ -354,31 +355,6 @@ def measure_memory(variant: str, cfg: Config) -> dict | None:
 
 
 # --- report --------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def load_average() -> str:
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except (AttributeError, OSError):
-        return "unknown"
-
-
-def machine_line() -> str:
-    return (
-        f"Machine: {platform.platform()}, {os.cpu_count()} CPUs ({cpu_model()}); "
-        f"Python {platform.python_version()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} torch threads"
-    )
-
-
 def mib(nbytes: float) -> str:
     return f"{nbytes / MIB:,.0f}" if nbytes >= 10 * MIB else f"{nbytes / MIB:.1f}"
 
@@ -428,7 +404,7 @@ def report(
             f"| {LABELS[v]} | {n:,} | {mib(res['extra_bytes'])} | {mib(bound)} | {ratio:.2f} |"
         )
     lines = [
-        machine_line(),
+        machine_line(f"torch {torch.__version__}, {torch.get_num_threads()} torch threads"),
         "",
         f"Command: `{command}`",
         "",

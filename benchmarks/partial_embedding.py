@@ -35,8 +35,6 @@ writes the report to a file.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -46,6 +44,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from _report import load_average, machine_line
 from torch import nn
 
 from models.embedding import PartiallyFrozenEmbedding, remap
@@ -234,32 +233,6 @@ def measure_remap(cfg: Config, order_v: torch.Tensor) -> RemapResult:
 
 
 # --- report ---------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def load_average() -> str:
-    """The 1-minute load average: above the CPU count, other work competed for the CPUs."""
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except (AttributeError, OSError):
-        return "unknown"
-
-
-def machine_line() -> str:
-    return (
-        f"Machine: {platform.platform()}, {os.cpu_count()} CPUs ({cpu_model()}); "
-        f"Python {platform.python_version()}, torch {torch.__version__}, "
-        f"torch.get_num_threads() = {torch.get_num_threads()}"
-    )
-
-
 def fmt_ms(seconds: float) -> str:
     ms = seconds * 1e3
     return f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}"
@@ -307,7 +280,10 @@ def report(
     vs_full = ours / medians[FULL]
     num_trainable = round(cfg.trainable_fraction * cfg.vocab)
     lines = [
-        machine_line(),
+        machine_line(
+            f"torch {torch.__version__}, "
+            f"torch.get_num_threads() = {torch.get_num_threads()}"
+        ),
         "",
         f"Command: `{command}`",
         "",

@@ -5,15 +5,12 @@ check can fail. No wall-clock assertions: machines are noisy."""
 from __future__ import annotations
 
 import dataclasses
-import functools
-import importlib.util
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
+from bench_scripts import load_script, run_script
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -37,27 +34,6 @@ MEMORY_COLUMNS = [
 ]
 
 
-@functools.cache
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_entity_memory", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # @dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_script(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
 def tables(text: str) -> list[list[dict[str, str]]]:
     """Every markdown table in the text, as lists of rows keyed by column name."""
     found, block = [], []
@@ -74,14 +50,14 @@ def tables(text: str) -> list[list[dict[str, str]]]:
 
 def test_quick_run_prints_both_tables(tmp_path: Path) -> None:
     md = tmp_path / "report.md"
-    proc = run_script("--quick", "--markdown", str(md))
+    proc = run_script("entity_memory", "--quick", "--markdown", str(md))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("Machine: ") and "torch threads" in proc.stdout
     assert "Command: `" in proc.stdout and "--quick" in proc.stdout
     assert "1-minute load average" in proc.stdout
     speed, memory = tables(proc.stdout)
     assert list(speed[0]) == SPEED_COLUMNS and list(memory[0]) == MEMORY_COLUMNS
-    script = load_script()
+    script = load_script("entity_memory")
     assert [r["variant"] for r in speed] == [script.LABELS[v] for v in script.VARIANTS]
     for r in speed:
         assert float(r["forward + backward ms"].replace(",", "")) >= 0
@@ -107,7 +83,7 @@ def test_quick_run_prints_both_tables(tmp_path: Path) -> None:
 )
 def test_script_rejects_bad_flags(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        load_script().parse_args(args)
+        load_script("entity_memory").parse_args(args)
     assert exc.value.code == 2
     assert f"{args[0]} must be ≥" in capsys.readouterr().err
 
@@ -115,7 +91,7 @@ def test_script_rejects_bad_flags(args: list[str], capsys: pytest.CaptureFixture
 # --- the data and the seed's versions ------------------------------------------------------------
 @pytest.mark.parametrize("quick", [True, False])
 def test_data_has_the_promised_mentions_and_a_final_o(quick: bool) -> None:
-    script = load_script()
+    script = load_script("entity_memory")
     cfg = script.QUICK if quick else script.Config()
     x_bnc, bio_bn, ids_bn, g_bnc = script.make_data(cfg)
     assert x_bnc.shape == g_bnc.shape == (cfg.batch, cfg.tokens, cfg.d_model)
@@ -132,7 +108,7 @@ def test_data_has_the_promised_mentions_and_a_final_o(quick: bool) -> None:
 @given(st.lists(st.sampled_from([0, 1, 2]), min_size=1, max_size=12))
 def test_seed_v2_span_ends_are_right_except_at_the_sequence_end(row: list[int]) -> None:
     """The seed's published ``_get_last_mention`` as an oracle where it is right, and its bug."""
-    script = load_script()
+    script = load_script("entity_memory")
     seed = script.SeedBatchedMemory.__new__(script.SeedBatchedMemory)
     seed.inner = 2
     bio_bn = torch.tensor([row])
@@ -154,7 +130,7 @@ def small_case(script: ModuleType, **overrides: int) -> tuple:
 
 
 def test_seed_baselines_agree_with_the_module() -> None:
-    script = load_script()
+    script = load_script("entity_memory")
     _, x_bnc, bio_bn, ids_bn, g_bnc = small_case(script)
     em = script.make_module(script.QUICK)
     results = {
@@ -168,7 +144,7 @@ def test_seed_baselines_agree_with_the_module() -> None:
 
 def test_agreement_check_catches_the_seed_off_by_one() -> None:
     """A mention that runs to the last token: the fixed loop still agrees, seed v2 does not."""
-    script = load_script()
+    script = load_script("entity_memory")
     _, x_bnc, bio_bn, ids_bn, g_bnc = small_case(script)
     bio_bn = bio_bn.clone()
     bio_bn[0, -3:] = torch.tensor([1, 2, 2])
@@ -183,7 +159,7 @@ def test_agreement_check_catches_the_seed_off_by_one() -> None:
 
 
 def test_agreement_check_fails_on_a_wrong_gradient() -> None:
-    script = load_script()
+    script = load_script("entity_memory")
     ref = {"y": torch.ones(3), "dE": torch.ones(2, 2)}
     bad = {"y": torch.ones(3), "dE": torch.ones(2, 2) * 1.01}
     with pytest.raises(AssertionError, match=r"loop disagrees .* 1\.00e-02 .* in dE"):

@@ -3,16 +3,12 @@ baselines are the thread's modules doing what the thread says. No wall-clock ass
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import re
-import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
+from bench_scripts import load_script, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "partial_embedding.py"
@@ -31,27 +27,6 @@ STEP_COLUMNS = [
 ]
 
 
-@functools.cache
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("partial_embedding", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # @dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_script(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
 def tables(text: str) -> list[list[list[str]]]:
     """Every markdown table in ``text``: a list of rows of cells, the header row first."""
     found, current = [], []
@@ -67,7 +42,7 @@ def tables(text: str) -> list[list[list[str]]]:
 
 def test_quick_run_prints_both_tables_and_the_goals(tmp_path: Path) -> None:
     md = tmp_path / "table.md"
-    proc = run_script("--quick", "--steps", "2", "--markdown", str(md))
+    proc = run_script("partial_embedding", "--quick", "--steps", "2", "--markdown", str(md))
     assert proc.returncode == 0, proc.stderr
     steps, remapped = tables(proc.stdout)
     assert steps[0] == STEP_COLUMNS
@@ -109,13 +84,13 @@ def test_quick_run_prints_both_tables_and_the_goals(tmp_path: Path) -> None:
     ],
 )
 def test_script_rejects_bad_flags(args: list[str], message: str) -> None:
-    proc = run_script(*args)
+    proc = run_script("partial_embedding", *args)
     assert proc.returncode == 2
     assert message in proc.stderr
 
 
 def test_the_baselines_do_what_the_thread_says() -> None:
-    script = load_script()
+    script = load_script("partial_embedding")
     methods, mask_v, order_v = script.build_methods(script.QUICK)
     by_name = {m.name: m for m in methods}
     # the seed's module trains only its last num_to_learn rows of a sorted vocabulary
@@ -132,7 +107,7 @@ def test_the_baselines_do_what_the_thread_says() -> None:
 
 
 def test_the_script_fails_when_the_methods_disagree() -> None:
-    script = load_script()
+    script = load_script("partial_embedding")
     methods, mask_v, _ = script.build_methods(script.QUICK)
     modules = [(m.name, m.module, m.batches) for m in methods]
     script.check_same_rows(modules, mask_v)

@@ -3,15 +3,11 @@ with ``check``. No wall-clock assertions: machines are noisy."""
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
+from bench_scripts import load_script, run_script
 
 import flowgraph as fg
 
@@ -30,27 +26,6 @@ COLUMNS = [
 ]
 
 
-@functools.cache
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("check_scaling", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # @dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_script(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
 def table_rows(text: str) -> list[dict[str, str]]:
     """The markdown table's body rows as dicts keyed by column name."""
     lines = [line for line in text.splitlines() if line.startswith("|")]
@@ -66,7 +41,7 @@ def table_rows(text: str) -> list[dict[str, str]]:
 def test_script_prints_a_row_per_pattern_and_n(tmp_path: Path) -> None:
     md = tmp_path / "table.md"
     ns = (32, 64, 128)
-    proc = run_script(
+    proc = run_script("check_scaling",
         "--ns", ",".join(map(str, ns)), "--repeats", "1", "--baseline-max-n", "64",
         "--markdown", str(md),
     )  # fmt: skip
@@ -91,7 +66,7 @@ def test_script_prints_a_row_per_pattern_and_n(tmp_path: Path) -> None:
 
 def test_script_patterns_flag_and_budget() -> None:
     # A zero budget stops the baseline after its first size: only n=16 gets a speed-up.
-    proc = run_script(
+    proc = run_script("check_scaling",
         "--ns", "16,32", "--patterns", "ltr", "--repeats", "2", "--baseline-budget", "0",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -103,7 +78,7 @@ def test_script_patterns_flag_and_budget() -> None:
 
 @pytest.mark.parametrize("args", [["--ns", "0"], ["--ns", "x"], ["--patterns", "dense"]])
 def test_script_rejects_bad_flags(args: list[str]) -> None:
-    proc = run_script(*args)
+    proc = run_script("check_scaling", *args)
     assert proc.returncode == 2
     assert "expected" in proc.stderr
 
@@ -125,19 +100,19 @@ def test_script_rejects_bad_flags(args: list[str]) -> None:
 )
 def test_networkx_baseline_agrees_with_check(pattern: fg.Pattern) -> None:
     """The script's baseline is an oracle: it must count the same missing pairs as check."""
-    missing, graph_s = load_script().networkx_missing(pattern)
+    missing, graph_s = load_script("check_scaling").networkx_missing(pattern)
     assert missing == fg.check(pattern).missing_pairs
     assert graph_s >= 0
 
 
 def test_networkx_baseline_detects_missing_pairs() -> None:
     # A test that cannot fail is worse than none: the oracle must see a loss when there is one.
-    missing, _ = load_script().networkx_missing(fg.ltr(10, stride=4))
+    missing, _ = load_script("check_scaling").networkx_missing(fg.ltr(10, stride=4))
     assert missing > 0
 
 
 def test_script_fails_when_the_baseline_disagrees(monkeypatch: pytest.MonkeyPatch) -> None:
-    script = load_script()
+    script = load_script("check_scaling")
     monkeypatch.setattr(script, "networkx_missing", lambda p: (fg.check(p).missing_pairs + 1, 0.0))
     with pytest.raises(AssertionError, match="networkx baseline finds 1 missing pairs"):
         script.measure("ltr", 16, repeats=1, run_baseline=True)
