@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(BIN)/flowgraph train --demo
 	$(BIN)/flowgraph demo --out out/demo
 
 test: $(STAMP)
@@ -28,7 +29,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff format --check flowgraph gpu models app tests benchmarks docs/pictures.py
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict
@@ -42,6 +43,7 @@ pictures: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/check_scaling.py
 	$(BIN)/python benchmarks/partial_embedding.py
+	$(BIN)/python benchmarks/training.py
 
 bench-entity-memory: $(STAMP)  # about 12 minutes: the seed's per-mention loop is the baseline
 	$(BIN)/python benchmarks/entity_memory.py

@@ -2,6 +2,7 @@
 
 ``flowgraph check`` exits 0 when the pattern has full information, 1 when it does not and 2 on bad
 arguments, so it can gate a script or CI job. ``flowgraph demo`` is what ``make demo`` runs.
+``flowgraph train`` trains a small GPT on a task (torch and the models are imported only then).
 """
 
 from __future__ import annotations
@@ -77,7 +78,143 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n", type=int, default=1024, help="sequence length of the comparison")
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for pictures")
     demo.set_defaults(run=_run_demo)
+    _add_train(sub)
     return parser
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser(
+        "train",
+        help="train a small GPT (sdpa, quadratic or metric attention, optionally sparse)",
+        description=(
+            "Train a small GPT on a task; metrics go to OUT/metrics.jsonl and the latest "
+            "checkpoint to OUT/checkpoint/. --demo trains the three demo sorters into runs/."
+        ),
+    )
+    train.add_argument("--demo", action="store_true", help="train the demo sorters into runs/")
+    train.add_argument("--task", choices=("sort", "chars"), default="sort")
+    train.add_argument("--text", type=Path, metavar="FILE", help="text file (--task chars)")
+    train.add_argument("--length", type=int, help="sequence length of the sort task (11)")
+    train.add_argument("--vocab", type=int, help="symbols of the sort task (3)")
+    train.add_argument("--n-ctx", type=int, help="context length of the chars task (64)")
+    train.add_argument("--attention", choices=("sdpa", "quadratic", "metric"), default="sdpa")
+    train.add_argument("--metric", choices=("symmetric", "psd"), default="symmetric")
+    train.add_argument("--pattern", choices=PATTERNS, help="restrict attention to a pattern")
+    train.add_argument("--mode", choices=("interleave", "merged", "heads"), default="interleave")
+    train.add_argument("--stride", type=int, help="stride of the pattern (default ⌊√n_ctx⌋)")
+    train.add_argument("--bidirectional", action="store_true", help="an encoder (not causal)")
+    train.add_argument("--n-layer", type=int, default=2)
+    train.add_argument("--n-head", type=int, default=4)
+    train.add_argument("--d-model", type=int, default=64)
+    train.add_argument("--dropout", type=float, default=0.0)
+    train.add_argument("--steps", type=int, help="training steps (default 1000; --demo: 300)")
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--lr", type=float, default=3e-3)
+    train.add_argument("--min-lr", type=float, help="learning rate at the end (default lr/10)")
+    train.add_argument("--warmup", type=int, help="warmup steps (default min(50, steps))")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--log-every", type=int, default=10)
+    train.add_argument("--eval-every", type=int, default=250)
+    train.add_argument("--ckpt-every", type=int, default=250)
+    train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    train.add_argument("--out", type=Path, help="run folder, e.g. runs/NAME")
+    train.add_argument("--resume", action="store_true", help="continue OUT/checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default: torch's; --demo uses 1: small models on a busy "
+        "CPU run many times slower with more)",
+    )
+    train.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import torch  # imported here, not at start-up
+
+    from models.checkpoint import CheckpointError
+    from models.train import TrainConfig, run_from_args, train_demo
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be ≥ 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    elif args.demo:
+        torch.set_num_threads(1)
+    if args.demo:
+        results = train_demo(Path("runs"), steps=args.steps, progress=not args.quiet)
+        print("demo sorters: held-out token accuracy, sequences sorted exactly (greedy)")
+        for name, result in results.items():
+            print(
+                f"  {name:<18} {result['test_accuracy']:.4f}  {result['sorted_exactly']:.4f}"
+                f"  ({result['out']})"
+            )
+        worst = min(r["test_accuracy"] for r in results.values())
+        return 0 if worst >= 0.95 else 1
+    if args.out is None:
+        raise UsageError("--out DIR is required (e.g. --out runs/NAME), or use --demo")
+    task_options: dict[str, object] = {}
+    if args.task == "chars":
+        if args.text is None:
+            raise UsageError("--task chars needs --text FILE")
+        task_options["text"] = str(args.text)
+        if args.n_ctx is not None:
+            task_options["n_ctx"] = args.n_ctx
+    else:
+        for option in ("text", "n_ctx"):
+            if getattr(args, option) is not None:
+                raise UsageError(f"--{option.replace('_', '-')} applies to --task chars only")
+        for option in ("length", "vocab"):
+            if getattr(args, option) is not None:
+                task_options[option] = getattr(args, option)
+    if args.task == "chars" and (args.length is not None or args.vocab is not None):
+        raise UsageError("--length and --vocab apply to --task sort only")
+    model_options: dict[str, object] = dict(
+        attention=args.attention,
+        metric=args.metric,
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        d_model=args.d_model,
+        dropout=args.dropout,
+        causal=not args.bidirectional,
+    )
+    if args.pattern is not None:
+        model_options.update(pattern=args.pattern, pattern_mode=args.mode)
+        if args.stride is not None:
+            model_options["pattern_args"] = {"stride": args.stride}
+    elif args.stride is not None:
+        raise UsageError("--stride needs --pattern")
+    steps = 1000 if args.steps is None else args.steps
+    config = TrainConfig(
+        steps=steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        min_lr=args.lr / 10 if args.min_lr is None else args.min_lr,
+        warmup=min(50, steps) if args.warmup is None else args.warmup,
+        seed=args.seed,
+        log_every=args.log_every,
+        eval_every=args.eval_every,
+        ckpt_every=args.ckpt_every,
+    )
+    try:
+        result = run_from_args(
+            task=args.task,
+            task_options=task_options,
+            model_options=model_options,
+            train_config=config,
+            out=args.out,
+            resume=args.resume,
+            device=args.device,
+            progress=not args.quiet,
+        )
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"{args.out}: step {result['step']}, held-out loss {result['test_loss']:.4f}, "
+            f"token accuracy {result['test_accuracy']:.4f}"
+        )
+    return 0
 
 
 def _named_pattern(args: argparse.Namespace) -> fg.Pattern:

@@ -17,29 +17,29 @@ reference; see ``docs/gpu.md``.
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
+from gpu.backend import backend_for
 from gpu.mask import SparseMask
+from gpu.metric import (
+    metric_attention,
+    metric_attention_reference,
+    pack_symmetric,
+    quadratic_attention_reference,
+    unpack_symmetric,
+)
 from gpu.reference import check_inputs, sparse_attention_reference
 
-__all__ = ["SparseMask", "backend_for", "sparse_attention"]
-
-
-def _kernels_available() -> bool:
-    """The CuPy launchers live in ``gpu/_cupy.py``; until that module exists there are none."""
-    return importlib.util.find_spec("gpu._cupy") is not None
-
-
-def backend_for(q_bhnd: torch.Tensor) -> str:
-    """``"cupy"`` when ``q_bhnd`` is a CUDA tensor, CuPy is importable and the kernels exist;
-    ``"torch"`` (the reference, any device) otherwise. Never imports CuPy itself."""
-    if not isinstance(q_bhnd, torch.Tensor):
-        raise TypeError(f"q_bhnd must be a torch.Tensor, got {type(q_bhnd).__name__}")
-    if q_bhnd.is_cuda and _kernels_available() and importlib.util.find_spec("cupy") is not None:
-        return "cupy"
-    return "torch"
+__all__ = [
+    "SparseMask",
+    "backend_for",
+    "metric_attention",
+    "metric_attention_reference",
+    "pack_symmetric",
+    "quadratic_attention_reference",
+    "sparse_attention",
+    "unpack_symmetric",
+]
 
 
 def sparse_attention(

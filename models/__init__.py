@@ -1,9 +1,12 @@
 """models — torch modules and training: attention variants, a small GPT, tasks, checkpoints and
 head metrics; EntityMemory, PartiallyFrozenEmbedding and word2vec.
 
-Layer: imports ``gpu`` and ``flowgraph`` (never ``app``).
+Layer: imports ``gpu`` and ``flowgraph`` (never ``app``). The training checkpoint format lives in
+``models.checkpoint``; the name ``models.load_checkpoint`` is kept for the head-metrics loader.
 """
 
+from models.attention import DotProductAttention, MetricAttention, QuadraticAttention
+from models.checkpoint import CheckpointError
 from models.embedding import PartiallyFrozenEmbedding, remap
 from models.entity_memory import (
     DEFAULT_BLOCK_SIZE,
@@ -11,12 +14,28 @@ from models.entity_memory import (
     entity_attention,
     find_mentions,
 )
+from models.gpt import GPT, GPTConfig
+from models.tasks import TASKS, CharTask, SortTask, make_task
+from models.train import TrainConfig, load_model, train
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
+    "GPT",
+    "TASKS",
+    "CharTask",
+    "CheckpointError",
+    "DotProductAttention",
     "EntityMemory",
+    "GPTConfig",
+    "MetricAttention",
     "PartiallyFrozenEmbedding",
+    "QuadraticAttention",
+    "SortTask",
+    "TrainConfig",
     "entity_attention",
     "find_mentions",
+    "load_model",
+    "make_task",
     "remap",
+    "train",
 ]

@@ -14,7 +14,11 @@ __all__ = [
     "BLOCKS",
     "HEAD_DIMS",
     "KERNELS",
+    "METRIC_BWD_BLOCKS",
+    "METRIC_HEAD_DIMS",
     "NAME_EXPRESSIONS",
+    "metric_attention_bwd_config",
+    "metric_attention_fwd_config",
     "source",
     "sparse_attention_fwd_config",
 ]
@@ -22,8 +26,16 @@ __all__ = [
 KERNELS = Path(__file__).resolve().parent
 BLOCKS = (16, 32, 64, 128)  # = gpu.mask.BLOCKS
 HEAD_DIMS = (32, 64, 128)
+METRIC_HEAD_DIMS = (16, 32, 64, 128)  # k of metric attention: the issue's head dims 16–128
+METRIC_BWD_BLOCKS = (16, 32, 64)  # block 128 would need 330 KB of shared memory at k = 128
 
 NAME_EXPRESSIONS: dict[str, tuple[str, ...]] = {
+    "metric_attention.cu": tuple(
+        f"metric_attention_fwd_f32<{b}, {d}>" for b in BLOCKS for d in METRIC_HEAD_DIMS
+    )
+    + tuple(
+        f"metric_attention_bwd_f32<{b}, {d}>" for b in METRIC_BWD_BLOCKS for d in METRIC_HEAD_DIMS
+    ),
     "reduce.cu": (),
     "sparse_attention.cu": tuple(
         f"sparse_attention_fwd_f32<{b}, {d}>" for b in BLOCKS for d in HEAD_DIMS
@@ -48,3 +60,27 @@ def sparse_attention_fwd_config(block: int, head_dim: int) -> tuple[int, int]:
             f"head_dim={head_dim}"
         )
     return 8 * block, 4 * (2 * block * (head_dim + 1) + block * (block + 1))
+
+
+def metric_attention_fwd_config(block: int, head_dim: int) -> tuple[int, int]:
+    """(threads per block, dynamic shared memory bytes) of ``metric_attention_fwd_f32<block, k>``:
+    eight lanes per query row; a q tile and one p tile (keys and values at once) of
+    block × (k+1) floats and a block × (block+1) probability tile."""
+    if block not in BLOCKS or head_dim not in METRIC_HEAD_DIMS:
+        raise ValueError(
+            f"need block in {BLOCKS} and head_dim in {METRIC_HEAD_DIMS}, got block={block}, "
+            f"head_dim={head_dim}"
+        )
+    return 8 * block, 4 * (2 * block * (head_dim + 1) + block * (block + 1))
+
+
+def metric_attention_bwd_config(block: int, head_dim: int) -> tuple[int, int]:
+    """(threads per block, dynamic shared memory bytes) of ``metric_attention_bwd_f32<block, k>``:
+    eight lanes per key row; p, q and dout tiles of block × (k+1) floats, P and dS tiles of
+    block × (block+1), and the tile's lse and delta."""
+    if block not in METRIC_BWD_BLOCKS or head_dim not in METRIC_HEAD_DIMS:
+        raise ValueError(
+            f"need block in {METRIC_BWD_BLOCKS} and head_dim in {METRIC_HEAD_DIMS}, got "
+            f"block={block}, head_dim={head_dim}"
+        )
+    return 8 * block, 4 * (3 * block * (head_dim + 1) + 2 * block * (block + 1) + 2 * block)

@@ -1,0 +1,221 @@
+"""Checkpoints as directories, written atomically and checked when read.
+
+A checkpoint ``DIR/`` holds:
+
+- ``config.json``: ``{"format": 1, "config": {...}, "checksums": {file: sha256}}``; ``config``
+  is whatever the caller stores (the training run's model, task and trainer settings and step);
+- ``model.safetensors``: the model's tensors (a tied copy, e.g. GPT's ``lm_head.weight``, is
+  stored once; the loader re-ties it through :func:`load_model_state`);
+- ``trainer.pt`` (optional): optimizer, scheduler, RNG states and step, ``torch.save`` format,
+  read back with ``weights_only=True``.
+
+Saving writes everything into a fresh temporary directory beside ``DIR`` (same filesystem),
+fsyncs each file and the directory, then renames it to ``DIR``. An existing ``DIR`` is first
+renamed aside to ``.DIR.old-PID`` and removed after the new one is in place; if the process dies
+between those two renames, :func:`load_checkpoint` finds the ``.old`` copy and reads it. So a run
+killed at any moment leaves either the previous checkpoint or the new one, never a mix.
+
+Reading checks every file against its sha256 before parsing it, so a truncated or corrupted
+file gives a :class:`CheckpointError` that names the file, never a traceback from deep inside
+safetensors or pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "find_checkpoint",
+    "load_checkpoint",
+    "load_model_state",
+    "save_checkpoint",
+]
+
+FORMAT = 1
+CONFIG, MODEL, TRAINER = "config.json", "model.safetensors", "trainer.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, truncated, corrupted or of an unknown format."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: dict[str, Any]
+    model_state: dict[str, torch.Tensor]
+    trainer_state: dict[str, Any] | None
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop later names of a tensor stored under two names (tied weights): safetensors refuses
+    shared storage, and the module re-ties them itself."""
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    out = {}
+    for name, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key in seen:
+            continue
+        seen[key] = name
+        out[name] = t.detach().cpu().contiguous()
+    return out
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    config: dict[str, Any],
+    model_state: dict[str, torch.Tensor],
+    trainer_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint directory at ``path`` atomically (see the module docstring)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    parent = path.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    for stale in parent.glob(f".{path.name}.tmp-*"):  # left by a run killed mid-save
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
+    try:
+        save_file(_unshared(model_state), str(tmp / MODEL), metadata={"format": str(FORMAT)})
+        files = [MODEL]
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / TRAINER)
+            files.append(TRAINER)
+        checksums = {}
+        for name in files:
+            _fsync(tmp / name)
+            checksums[name] = _sha256(tmp / name)
+        text = json.dumps({"format": FORMAT, "config": config, "checksums": checksums}, indent=2)
+        with open(tmp / CONFIG, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync(tmp)
+        if path.exists():
+            old = parent / f".{path.name}.old-{os.getpid()}"
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(path, old)
+            os.rename(tmp, path)
+            _fsync(parent)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, path)
+        _fsync(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def find_checkpoint(path: str | Path) -> Path | None:
+    """``path`` if it exists, else the copy a save interrupted between its renames left aside
+    (``.NAME.old-PID``), else None."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    aside = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    return aside[-1] if aside else None
+
+
+def _fail(file: Path, why: str) -> CheckpointError:
+    return CheckpointError(f"checkpoint file {file}: {why}")
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read and check a checkpoint directory; raises :class:`CheckpointError` naming the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    found = find_checkpoint(path)
+    if found is None:
+        raise CheckpointError(f"no checkpoint at {path} (expected a directory with {CONFIG})")
+    config_file = found / CONFIG
+    try:
+        meta = json.loads(config_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _fail(config_file, "missing") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _fail(config_file, f"not valid JSON, truncated or corrupted ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise _fail(config_file, f"unknown checkpoint format {got!r}, expected {FORMAT}")
+    checksums = meta.get("checksums", {})
+    if MODEL not in checksums:
+        raise _fail(config_file, f"lists no {MODEL}")
+    for name, expected in checksums.items():
+        file = found / name
+        if not file.is_file():
+            raise _fail(file, "missing")
+        if _sha256(file) != expected:
+            raise _fail(
+                file,
+                f"sha256 does not match {CONFIG} "
+                f"(truncated or corrupted; {file.stat().st_size} bytes)",
+            )
+    try:
+        model_state = load_file(str(found / MODEL), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise _fail(found / MODEL, f"cannot be read ({exc})") from None
+    trainer_state = None
+    if TRAINER in checksums:
+        try:
+            trainer_state = torch.load(
+                found / TRAINER, map_location=map_location, weights_only=True
+            )
+        except Exception as exc:  # pickle raises many types; the message names the file
+            raise _fail(found / TRAINER, f"cannot be read ({type(exc).__name__}: {exc})") from None
+    return Checkpoint(found, meta["config"], model_state, trainer_state)
+
+
+def load_model_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` into ``module``; the only keys allowed to be missing are tied copies of a
+    stored tensor (same parameter object), and shapes are checked before copying."""
+    own = module.state_dict()
+    unexpected = sorted(set(state) - set(own))
+    if unexpected:
+        raise CheckpointError(f"checkpoint has tensors the model lacks: {unexpected}")
+    by_id = {}
+    for name, t in own.items():
+        by_id.setdefault((t.untyped_storage().data_ptr(), t.storage_offset()), []).append(name)
+    missing = []
+    for names in by_id.values():
+        if not any(n in state for n in names):
+            missing.extend(names)
+    if missing:
+        raise CheckpointError(f"checkpoint lacks tensors of the model: {sorted(missing)}")
+    for name, t in state.items():
+        if t.shape != own[name].shape:
+            raise CheckpointError(
+                f"tensor {name} has shape {tuple(t.shape)} in the checkpoint, "
+                f"{tuple(own[name].shape)} in the model"
+            )
+    module.load_state_dict(state, strict=False)
