@@ -178,6 +178,45 @@ class Pattern:
             layout[s, rows, m.indices // block] = True
         return layout
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data (name, n, causal, params, each step as CSR ``indptr``/``indices``);
+        :meth:`from_dict` rebuilds an equal Pattern. Used to save custom patterns with a model."""
+        return {
+            "name": self._name,
+            "n": self._n,
+            "causal": self._causal,
+            "params": dict(self._params),
+            "steps": [
+                {"indptr": m.indptr.tolist(), "indices": m.indices.tolist()} for m in self._steps
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Pattern:
+        """The inverse of :meth:`to_dict`; malformed data raises a ValueError naming the field."""
+        if not isinstance(data, Mapping):
+            raise TypeError(
+                f"data must be a mapping from Pattern.to_dict, got {type(data).__name__}"
+            )
+        missing = [k for k in ("name", "n", "causal", "steps") if k not in data]
+        if missing:
+            raise ValueError(f"pattern data lacks {missing}; expected Pattern.to_dict() output")
+        n = _validate.positive_int("n", data["n"])
+        steps = []
+        for i, step in enumerate(data["steps"]):
+            try:
+                indptr = np.asarray(step["indptr"], dtype=np.int64)
+                indices = np.asarray(step["indices"], dtype=np.int64)
+                if indptr.shape != (n + 1,) or indptr[0] != 0 or indptr[-1] != indices.size:
+                    raise ValueError(f"indptr must have n+1={n + 1} entries from 0 to nnz")
+                if indices.size and (indices.min() < 0 or indices.max() >= n):
+                    raise ValueError(f"indices must lie in 0..{n - 1}")
+                csr = sp.csr_array((np.ones(indices.size, np.bool_), indices, indptr), shape=(n, n))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"pattern data steps[{i}] is not a CSR step: {exc}") from exc
+            steps.append(csr)
+        return cls(data["name"], n, data["causal"], steps, data.get("params"))
+
     def _step_index(self, step: object) -> int:
         return _validate.int_in_range(
             "step", step, 0, self.num_steps - 1, f"the pattern has {self.num_steps} steps"

@@ -72,13 +72,12 @@ class GPTConfig:
             raise ValueError(f"dropout must be in [0, 1), got dropout={self.dropout}")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields; a custom Pattern object cannot be written (use a named one)."""
+        """JSON-ready fields; a custom Pattern is written as :meth:`flowgraph.Pattern.to_dict`."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["pattern_args"] = dict(self.pattern_args)
         if isinstance(self.pattern, fg.Pattern):
-            raise ValueError(
-                f"config.pattern is a Pattern object ({self.pattern.name!r}); only named patterns "
-                f"({', '.join(PATTERNS)}) with pattern_args can be saved in config.json"
-            )
-        return dataclasses.asdict(self)
+            data["pattern"] = self.pattern.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GPTConfig:
@@ -86,6 +85,8 @@ class GPTConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown GPTConfig fields {unknown}; known: {sorted(known)}")
+        if isinstance(data.get("pattern"), dict):  # a custom pattern saved by to_dict
+            data = {**data, "pattern": fg.Pattern.from_dict(data["pattern"])}
         return cls(**data)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,12 +94,26 @@ def test_config_round_trip_and_errors():
         GPTConfig(vocab_size=5, d_model=30, n_head=4)
     with pytest.raises(ValueError, match="unknown GPTConfig fields"):
         GPTConfig.from_dict({"vocab_size": 5, "n_embd": 3})
-    with pytest.raises(ValueError, match="named patterns"):
-        GPTConfig(vocab_size=5, n_ctx=16, pattern=fg.fixed(16)).to_dict()
     with pytest.raises(ValueError, match="bidirectional"):
         GPT(GPTConfig(vocab_size=5, n_ctx=16, pattern="ltr"))
     with pytest.raises(ValueError, match="exceeds n_ctx"):
         _model()(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_a_custom_pattern_round_trips_through_the_config():
+    masks = np.tril(np.ones((2, 16, 16), dtype=bool))
+    masks[1, 5:, :3] = False  # something no named pattern gives
+    custom = fg.from_masks(masks, causal=True, name="mine")
+    config = GPTConfig(vocab_size=5, n_ctx=16, pattern=custom, pattern_mode="heads")
+    again = GPTConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config
+    assert again.pattern.name == "mine" and again.pattern.num_steps == 2
+    torch.manual_seed(0)
+    model = GPT(config)
+    twin = GPT(again)
+    twin.load_state_dict(model.state_dict())
+    ids = torch.randint(0, 5, (2, 16))
+    torch.testing.assert_close(twin(ids), model(ids))
 
 
 def test_generate_is_greedy_and_feeds_back():

@@ -7,6 +7,7 @@ pictures ('1' = query row attends key column).
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -462,3 +463,44 @@ def brute_block_layout(p: fg.Pattern, block: int) -> np.ndarray:
 )
 def test_block_layout_matches_brute_force(p, block):
     np.testing.assert_array_equal(p.block_layout(block), brute_block_layout(p, block))
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        fg.strided(20, stride=4),
+        fg.fixed(17, stride=5, summary=2, causal=False),
+        fg.ltr(10, stride=4),
+        fg.star(9, hub=4),
+        fg.stack(fg.fixed(16, stride=4), layers=3, mode="heads", heads=1),
+        fg.from_masks(np.zeros((2, 6, 6), dtype=bool), causal=True, name="empty"),
+    ],
+)
+def test_to_dict_round_trips_through_json(pattern):
+    data = json.loads(json.dumps(pattern.to_dict()))
+    again = fg.Pattern.from_dict(data)
+    assert again == pattern
+    assert (again.name, again.params) == (pattern.name, pattern.params)
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"steps": None}, TypeError, "not iterable|NoneType"),
+        ({"n": 0}, ValueError, "n must be ≥ 1"),
+        ({"steps": [{"indptr": [0, 1], "indices": [0]}]}, ValueError, r"steps\[0\].*n\+1=5"),
+        ({"steps": [{"indptr": [0, 1, 1, 1, 1], "indices": [7]}]}, ValueError, "0..3"),
+        ({"steps": [{"indices": []}]}, ValueError, r"steps\[0\] is not a CSR step"),
+    ],
+)
+def test_from_dict_names_what_is_malformed(change, error, message):
+    data = {**fg.dense(4).to_dict(), **change}
+    with pytest.raises(error, match=message):
+        fg.Pattern.from_dict(data)
+
+
+def test_from_dict_needs_the_fields():
+    with pytest.raises(ValueError, match=r"lacks \['steps'\]"):
+        fg.Pattern.from_dict({"name": "x", "n": 3, "causal": True})
+    with pytest.raises(TypeError, match="mapping"):
+        fg.Pattern.from_dict([1, 2])
