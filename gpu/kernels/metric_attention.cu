@@ -31,43 +31,9 @@
 // Compiled by NVRTC/nvcc and by tests/cuda_emu: only what the shim provides is used.
 // To come: fp16/bf16 with tensor-core tiles. The backward kernel follows the forward.
 
-#ifdef CUDA_EMU
-#define FG_DYNAMIC_SHARED(T, name) CUDA_EMU_DYNAMIC_SHARED(T, name)
-#else
-#define FG_DYNAMIC_SHARED(T, name)                             \
-  extern __shared__ __align__(16) unsigned char name##_raw[]; \
-  T* name = reinterpret_cast<T*>(name##_raw)
-#endif
+#include "tile_common.cuh"
 
 namespace {
-
-constexpr int kLanes = 8;  // lanes per query row; a warp holds four rows
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-
-__device__ __forceinline__ float neg_inf() { return -__int_as_float(0x7f800000); }
-
-__device__ __forceinline__ float row_max(float x) {
-#pragma unroll
-  for (int o = kLanes / 2; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-  return x;
-}
-
-__device__ __forceinline__ float row_sum(float x) {
-#pragma unroll
-  for (int o = kLanes / 2; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
-
-// rows first_row .. first_row+B−1 of a (n, D) matrix into a (B, D+1) shared tile, zeros past n
-template <int B, int D>
-__device__ __forceinline__ void load_rows(float* __restrict__ tile, const float* __restrict__ src,
-                                          int first_row, int n) {
-  for (int e = threadIdx.x; e < B * D; e += B * kLanes) {
-    const int r = e / D, c = e % D, row = first_row + r;
-    tile[r * (D + 1) + c] = row < n ? src[static_cast<long long>(row) * D + c] : 0.0f;
-  }
-}
 
 // M[i][j] of the packed upper triangle (row-major, diagonal included), D×D
 template <int D>
@@ -112,7 +78,7 @@ __global__ void __launch_bounds__(B * 8)
   const float scale2 = scale * kLog2e;  // scores in base 2
 
   // q = p·M for this block's rows: stage p, each lane forms its D/8 columns of its row
-  load_rows<B, D>(skv, p + base, qb * B, n);
+  load_tile<B, D>(skv, p + base, qb * B, n);
   __syncthreads();
 #pragma unroll
   for (int cc = 0; cc < COLS; ++cc) {
@@ -135,7 +101,7 @@ __global__ void __launch_bounds__(B * 8)
     const int kb = masked ? kv_indices[t] : t;
     const int slot = masked ? kv_slots[t] : -1;
     __syncthreads();  // the previous tile is consumed (and sq is written, the first time)
-    load_rows<B, D>(skv, p + base, kb * B, n);
+    load_tile<B, D>(skv, p + base, kb * B, n);
     __syncthreads();
 
     const unsigned* row_bits =
@@ -236,7 +202,7 @@ __global__ void __launch_bounds__(B * 8)
   const long long base = bh * n * D;
   const float scale2 = scale * kLog2e;
 
-  load_rows<B, D>(skv, p + base, kb * B, n);
+  load_tile<B, D>(skv, p + base, kb * B, n);
   float acc[COLS];
 #pragma unroll
   for (int cc = 0; cc < COLS; ++cc) acc[cc] = 0.0f;
@@ -249,8 +215,8 @@ __global__ void __launch_bounds__(B * 8)
     const int qb = masked ? q_indices[t] : t;
     const int slot = masked ? q_slots[t] : -1;
     __syncthreads();  // the previous tile's dq step is done (and skv is loaded, the first time)
-    load_rows<B, D>(sq, q + base, qb * B, n);
-    load_rows<B, D>(sdo, dout + base, qb * B, n);
+    load_tile<B, D>(sq, q + base, qb * B, n);
+    load_tile<B, D>(sdo, dout + base, qb * B, n);
     if (threadIdx.x < B) {
       const int row = qb * B + threadIdx.x;
       slse[threadIdx.x] = row < n ? lse[bh * n + row] * kLog2e : neg_inf();
