@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import settings
 
 _HERE = str(Path(__file__).resolve().parent)
@@ -17,3 +18,15 @@ if _HERE not in sys.path:
 settings.register_profile("ci", print_blob=True)
 if os.environ.get("CI") == "true":
     settings.load_profile("ci")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models on a shared 2-core CPU run many times slower with two threads; test files of
+    such models opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch  # only the tests that use the fixture pay for the import
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -21,13 +21,7 @@ from models.gpt import GPT, GPTConfig
 CONFIG = GPTConfig(vocab_size=5, n_layer=2, n_head=2, d_model=16, n_ctx=8, attention="metric")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core CPU run many times slower with two threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(seed: int) -> GPT:

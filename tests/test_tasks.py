@@ -12,14 +12,7 @@ from models.gpt import GPTConfig
 from models.tasks import IGNORE, TASKS, CharTask, SortTask, make_task
 from models.train import TrainConfig, train
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core CPU run many times slower with two threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _gen(seed: int = 0) -> torch.Generator:

@@ -25,13 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(n_layer=1, n_head=2, d_model=16)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core CPU run many times slower with two threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_schedule_warmup_then_cosine():
