@@ -2,7 +2,7 @@
 head metrics; EntityMemory, PartiallyFrozenEmbedding and word2vec.
 
 Layer: imports ``gpu`` and ``flowgraph`` (never ``app``). The training checkpoint format lives in
-``models.checkpoint``; the name ``models.load_checkpoint`` is kept for the head-metrics loader.
+``models.checkpoint``; ``models.load_checkpoint`` is the head-metrics loader (any checkpoint kind).
 """
 
 from models.attention import DotProductAttention, MetricAttention, QuadraticAttention

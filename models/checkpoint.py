@@ -12,7 +12,7 @@ A checkpoint ``DIR/`` holds:
 Saving writes everything into a fresh temporary directory beside ``DIR`` (same filesystem),
 fsyncs each file and the directory, then renames it to ``DIR``. An existing ``DIR`` is first
 renamed aside to ``.DIR.old-PID`` and removed after the new one is in place; if the process dies
-between those two renames, :func:`load_checkpoint` finds the ``.old`` copy and reads it. So a run
+between those two renames, :func:`read_checkpoint` finds the ``.old`` copy and reads it. So a run
 killed at any moment leaves either the previous checkpoint or the new one, never a mix.
 
 Reading checks every file against its sha256 before parsing it, so a truncated or corrupted
@@ -34,11 +34,11 @@ from typing import Any
 import torch
 
 __all__ = [
-    "Checkpoint",
     "CheckpointError",
+    "RunCheckpoint",
     "find_checkpoint",
-    "load_checkpoint",
     "load_model_state",
+    "read_checkpoint",
     "save_checkpoint",
 ]
 
@@ -51,7 +51,9 @@ class CheckpointError(ValueError):
 
 
 @dataclass
-class Checkpoint:
+class RunCheckpoint:
+    """A training checkpoint as read back: its directory, stored config, model and trainer state."""
+
     path: Path
     config: dict[str, Any]
     model_state: dict[str, torch.Tensor]
@@ -150,7 +152,7 @@ def _fail(file: Path, why: str) -> CheckpointError:
     return CheckpointError(f"checkpoint file {file}: {why}")
 
 
-def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> Checkpoint:
+def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> RunCheckpoint:
     """Read and check a checkpoint directory; raises :class:`CheckpointError` naming the file."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -193,7 +195,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
             )
         except Exception as exc:  # pickle raises many types; the message names the file
             raise _fail(found / TRAINER, f"cannot be read ({type(exc).__name__}: {exc})") from None
-    return Checkpoint(found, meta["config"], model_state, trainer_state)
+    return RunCheckpoint(found, meta["config"], model_state, trainer_state)
 
 
 def load_model_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from models.checkpoint import find_checkpoint, load_checkpoint, load_model_state, save_checkpoint
+from models.checkpoint import find_checkpoint, load_model_state, read_checkpoint, save_checkpoint
 from models.gpt import GPT, GPTConfig
 from models.tasks import EVAL_SEED, IGNORE, SortTask, heldout_batches, make_task
 
@@ -211,7 +211,7 @@ def train(
     data_gen = torch.Generator().manual_seed(config.seed)
     start = 0
     if resume and find_checkpoint(ckpt_dir) is not None:
-        ckpt = load_checkpoint(ckpt_dir, map_location=device)
+        ckpt = read_checkpoint(ckpt_dir, map_location=device)
         saved = {k: ckpt.config[k] for k in ("model", "task", "train")}
         diff = _mismatch(saved, json.loads(json.dumps(run_config)))
         if diff:
@@ -348,7 +348,7 @@ def load_model(path: str | Path, *, map_location: str = "cpu") -> tuple[GPT, dic
     path = Path(path)
     if find_checkpoint(path / "checkpoint") is not None:
         path = path / "checkpoint"
-    ckpt = load_checkpoint(path, map_location=map_location)
+    ckpt = read_checkpoint(path, map_location=map_location)
     model = GPT(GPTConfig.from_dict(ckpt.config["model"])).to(map_location)
     load_model_state(model, ckpt.model_state)
     return model.eval(), ckpt.config

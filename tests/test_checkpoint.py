@@ -12,8 +12,8 @@ import torch
 from app.cli import main
 from models.checkpoint import (
     CheckpointError,
-    load_checkpoint,
     load_model_state,
+    read_checkpoint,
     save_checkpoint,
 )
 from models.gpt import GPT, GPTConfig
@@ -43,7 +43,7 @@ def test_round_trip_restores_weights_and_ties(tmp_path):
     model = _model(0)
     path = _save(tmp_path / "ckpt", model)
     assert sorted(os.listdir(path)) == ["config.json", "model.safetensors", "trainer.pt"]
-    ckpt = load_checkpoint(path)
+    ckpt = read_checkpoint(path)
     assert "lm_head.weight" not in ckpt.model_state  # the tied copy is stored once
     other = _model(1)
     load_model_state(other, ckpt.model_state)
@@ -58,7 +58,7 @@ def test_replace_leaves_only_the_new_checkpoint(tmp_path):
     _save(tmp_path / "ckpt", _model(0), {"v": 1})
     _save(tmp_path / "ckpt", _model(1), {"v": 2})
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # no temporary or old directory left
-    assert load_checkpoint(tmp_path / "ckpt").config["v"] == 2
+    assert read_checkpoint(tmp_path / "ckpt").config["v"] == 2
 
 
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -71,17 +71,17 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         _save(tmp_path / "ckpt", _model(1), {"v": 2})
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]
-    assert load_checkpoint(tmp_path / "ckpt").config["v"] == 1
+    assert read_checkpoint(tmp_path / "ckpt").config["v"] == 1
 
 
 def test_save_killed_between_renames_is_recovered(tmp_path):
     _save(tmp_path / "ckpt", _model(0), {"v": 1})
     os.rename(tmp_path / "ckpt", tmp_path / ".ckpt.old-4242")  # the first rename happened
     (tmp_path / ".ckpt.tmp-zz").mkdir()  # a half-written new one
-    assert load_checkpoint(tmp_path / "ckpt").config["v"] == 1
+    assert read_checkpoint(tmp_path / "ckpt").config["v"] == 1
     _save(tmp_path / "ckpt", _model(1), {"v": 2})  # the next save cleans the stale temp dir
     assert ".ckpt.tmp-zz" not in os.listdir(tmp_path)
-    assert load_checkpoint(tmp_path / "ckpt").config["v"] == 2
+    assert read_checkpoint(tmp_path / "ckpt").config["v"] == 2
 
 
 def _truncate(path, keep):
@@ -113,7 +113,7 @@ def test_damage_names_the_file(tmp_path, file, damage):
     path = _save(tmp_path / "ckpt", _model(0))
     damage(path / file)
     with pytest.raises(CheckpointError, match=f"checkpoint file .*{file}"):
-        load_checkpoint(path)
+        read_checkpoint(path)
 
 
 def test_damage_without_checksums_still_names_the_file(tmp_path):
@@ -128,14 +128,14 @@ def test_damage_without_checksums_still_names_the_file(tmp_path):
         meta["checksums"][file] = hashlib.sha256((path / file).read_bytes()).hexdigest()
     (path / "config.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=r"model\.safetensors: cannot be read"):
-        load_checkpoint(path)
+        read_checkpoint(path)
 
 
 def test_missing_and_mismatched(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint at"):
-        load_checkpoint(tmp_path / "nothing")
+        read_checkpoint(tmp_path / "nothing")
     path = _save(tmp_path / "ckpt", _model(0))
-    state = load_checkpoint(path).model_state
+    state = read_checkpoint(path).model_state
     other = GPT(GPTConfig(vocab_size=5, n_layer=2, n_head=2, d_model=16, n_ctx=8))
     with pytest.raises(CheckpointError, match="tensors the model lacks"):
         load_model_state(other, state)  # sdpa has no metric

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from app.cli import main
-from models.checkpoint import load_checkpoint
+from models.checkpoint import read_checkpoint
 from models.gpt import GPTConfig
 from models.tasks import SortTask
 from models.train import DEMO_RUNS, TrainConfig, evaluate, load_model, lr_at, train
@@ -92,7 +92,7 @@ def _cli(out: Path, *extra: str) -> list[str]:
 
 
 def _weights(out: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(out / "checkpoint").model_state
+    return read_checkpoint(out / "checkpoint").model_state
 
 
 def _logged_step(path: Path) -> int:
@@ -118,7 +118,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
-    stopped_at = load_checkpoint(killed / "checkpoint").config["step"]
+    stopped_at = read_checkpoint(killed / "checkpoint").config["step"]
     assert 40 <= stopped_at < 120  # the log runs ahead of the last checkpoint
 
     done = subprocess.run(
