@@ -23,6 +23,9 @@ import plotly.graph_objects as go
 import flowgraph as fg
 from flowgraph import plot
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # heads_pictures beside this file
+import heads_pictures  # the head-metric pictures (two trained demo sorters)
+
 N = 64  # the pattern reference's size: stride ⌊√64⌋ = 8 divides it
 SMALL = 16  # flow graphs draw every edge; 16 positions with stride 4 stay readable
 
@@ -101,6 +104,7 @@ PICTURES: dict[str, tuple[Callable[[], go.Figure], dict]] = {
     "mask_from_masks.png": (lambda: plot.make_mask_figure(window_without_self()), {}),
     "mask_from_block_layout.png": (lambda: plot.make_mask_figure(block_local_global()), {}),
 }
+PICTURES.update(heads_pictures.PICTURES)
 
 
 @contextlib.contextmanager
@@ -134,7 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         default=Path(__file__).resolve().parent / "img",
         help="folder to write the PNGs into (default: docs/img next to this script)",
     )
+    parser.add_argument(
+        "--runs", type=Path, help="folder of the demo sorters drawn by the head pictures (reused)"
+    )
     args = parser.parse_args(argv)
+    if args.runs is not None:
+        heads_pictures._RUNS.append(args.runs)
     args.out.mkdir(parents=True, exist_ok=True)
     total = 0
     start = time.perf_counter()

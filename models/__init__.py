@@ -15,6 +15,7 @@ from models.entity_memory import (
     find_mentions,
 )
 from models.gpt import GPT, GPTConfig
+from models.heads import Checkpoint, load_checkpoint
 from models.tasks import TASKS, CharTask, SortTask, make_task
 from models.train import TrainConfig, load_model, train
 
@@ -23,6 +24,7 @@ __all__ = [
     "GPT",
     "TASKS",
     "CharTask",
+    "Checkpoint",
     "CheckpointError",
     "DotProductAttention",
     "EntityMemory",
@@ -34,6 +36,7 @@ __all__ = [
     "TrainConfig",
     "entity_attention",
     "find_mentions",
+    "load_checkpoint",
     "load_model",
     "make_task",
     "remap",

@@ -1,0 +1,14 @@
+"""models.heads — what a trained model's attention heads learned.
+
+:func:`load_checkpoint` opens our runs, Hugging Face BERT-family and GPT-2 directories and nanoGPT
+``ckpt.pt`` files as a :class:`Checkpoint`; its methods give every layer's attention, each head's
+query/key weights (:class:`HeadWeights`), bilinear form (:class:`QKForm`), induced token
+distances and the share of attention a sparse pattern would keep.
+"""
+
+from models.heads.checkpoint import Checkpoint, load_checkpoint
+from models.heads.metrics import QKForm
+from models.heads.safe_load import UnsafeCheckpointError
+from models.heads.weights import HeadWeights
+
+__all__ = ["Checkpoint", "HeadWeights", "QKForm", "UnsafeCheckpointError", "load_checkpoint"]

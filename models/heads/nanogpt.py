@@ -1,0 +1,191 @@
+"""nanoGPT checkpoints: ``ckpt.pt`` as nanoGPT's ``train.py`` writes it.
+
+The file is a dict with ``model`` (the GPT's state dict; names may start with ``_orig_mod.``,
+what ``torch.compile`` puts in front) and ``model_args`` (``n_layer``, ``n_head``, ``n_embd``,
+``block_size``, ``bias``, ``vocab_size``), besides the optimizer state and the training config.
+It is read with ``torch.load(weights_only=True)`` (:mod:`models.heads.safe_load`).
+
+The vocabulary is ``meta.pkl`` beside the file when there is one (``prepare.py`` of the
+character-level datasets writes ``{"vocab_size", "itos", "stoi"}``; read with an unpickler that
+builds only builtin dicts, lists, strings and numbers): :meth:`tokenize` then maps each
+character through ``stoi``. Without it the tokens are ``str(id)`` and text is read as ids.
+
+The forward pass is nanoGPT's, written here from the state dict (:func:`models.heads.hf.
+decoder_attention`): token + position embeddings, pre-LayerNorm blocks (eps 1e-5, biases
+optional), causal softmax(q·kᵀ/√d), exact GELU MLP.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from models.checkpoint import CheckpointError
+from models.heads.checkpoint import (
+    Checkpoint,
+    char_tokenize,
+    id_tokens,
+    linear_per_head,
+    split_tokenize,
+)
+from models.heads.hf import DecoderLayer, decoder_attention
+from models.heads.safe_load import TensorStore, check_shapes, load_plain_pickle, load_weights_only
+from models.heads.weights import HeadWeights
+
+__all__ = ["COMPILED_PREFIX", "NanoGPTCheckpoint", "load_nanogpt"]
+
+COMPILED_PREFIX = "_orig_mod."  # torch.compile's wrapper names its module's tensors this way
+_EPS = 1e-5  # nanoGPT's LayerNorm
+
+
+def _arg(args: Mapping[str, Any], key: str, file: Path) -> int:
+    value = args.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CheckpointError(f"{file}: model_args[{key!r}] must be an int ≥ 1, got {value!r}")
+    return value
+
+
+class NanoGPTCheckpoint(Checkpoint):
+    """A nanoGPT model (see the module docstring)."""
+
+    kind = "nanogpt"
+
+    def __init__(self, path: Path, name: str, store: TensorStore, args: Mapping[str, Any]) -> None:
+        c, H = _arg(args, "n_embd", path), _arg(args, "n_head", path)
+        L, V = _arg(args, "n_layer", path), _arg(args, "vocab_size", path)
+        P = _arg(args, "block_size", path)
+        if c % H:
+            raise CheckpointError(f"{path}: n_embd={c} is not a multiple of n_head={H}")
+        super().__init__(
+            path,
+            name=name,
+            attention_kind="dot",
+            num_layers=L,
+            num_heads=H,
+            head_dim=c // H,
+            d_model=c,
+            n_ctx=P,
+            vocab_size=V,
+            causal=True,
+        )
+        self.store = store
+        self.bias = bool(args.get("bias", "transformer.h.0.ln_1.bias" in store))
+        expected = {"transformer.wte.weight": (V, c), "transformer.wpe.weight": (P, c)}
+        for i in range(L):
+            pre = f"transformer.h.{i}."
+            for part, shape in (
+                ("ln_1", (c,)),
+                ("ln_2", (c,)),
+                ("attn.c_attn", (3 * c, c)),
+                ("attn.c_proj", (c, c)),
+                ("mlp.c_fc", (4 * c, c)),
+                ("mlp.c_proj", (c, 4 * c)),
+            ):
+                expected[pre + part + ".weight"] = shape
+                if self.bias:
+                    expected[pre + part + ".bias"] = shape[:1]
+        check_shapes(store, expected)
+
+    def _tensor(self, name: str) -> torch.Tensor:
+        def build() -> torch.Tensor:
+            t = self.store.get(name)
+            return t.to(torch.float32) if t.dtype != torch.float32 else t
+
+        return self._cached(f"tensor:{name}", build)
+
+    def _pair(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        bias = self._tensor(name + ".bias") if self.bias else None
+        return self._tensor(name + ".weight"), bias
+
+    def _layers(self) -> list[DecoderLayer]:
+        def build() -> list[DecoderLayer]:
+            return [
+                DecoderLayer(
+                    *(
+                        self._pair(f"transformer.h.{i}.{part}")
+                        for part in (
+                            "ln_1",
+                            "attn.c_attn",
+                            "attn.c_proj",
+                            "ln_2",
+                            "mlp.c_fc",
+                            "mlp.c_proj",
+                        )
+                    )
+                )
+                for i in range(self.num_layers)
+            ]
+
+        return self._cached("layers", build)
+
+    def _attention_lhtt(self, ids_t: torch.Tensor) -> torch.Tensor:
+        x_tc = self._tensor("transformer.wte.weight")[ids_t]
+        x_tc = x_tc + self._tensor("transformer.wpe.weight")[: len(ids_t)]
+        scale = 1.0 / math.sqrt(self.head_dim)
+        return decoder_attention(
+            x_tc,
+            self._layers(),
+            n_head=self.num_heads,
+            eps=_EPS,
+            act=F.gelu,
+            scales=[scale] * self.num_layers,
+        )
+
+    def _head_weights(self, layer: int) -> HeadWeights:
+        w_3cc, c = self._layers()[layer].qkv[0], self.d_model
+        return HeadWeights(
+            "dot",
+            1.0 / math.sqrt(self.head_dim),
+            w_q_hcd=linear_per_head(w_3cc[:c], self.num_heads),
+            w_k_hcd=linear_per_head(w_3cc[c : 2 * c], self.num_heads),
+        )
+
+    def _token_embeddings(self) -> torch.Tensor:
+        return self._tensor("transformer.wte.weight")
+
+    def _position_embeddings(self) -> torch.Tensor:
+        return self._tensor("transformer.wpe.weight")
+
+    def _vocabulary(self) -> tuple[list[str], Callable[[str], list[int]]]:
+        tokens = id_tokens(self.vocab_size)
+        meta_file = self.path.parent / "meta.pkl"
+        if not meta_file.is_file():
+            return tokens, lambda text: split_tokenize(text, tokens)
+        meta = load_plain_pickle(meta_file)
+        itos = meta.get("itos") if isinstance(meta, dict) else None
+        if not isinstance(itos, dict) or not all(
+            isinstance(i, int) and isinstance(s, str) for i, s in itos.items()
+        ):
+            raise CheckpointError(f"{meta_file}: expected a dict with 'itos' {{int: str}}")
+        for i, s in itos.items():
+            if 0 <= i < self.vocab_size:
+                tokens[i] = s
+        stoi = {s: i for i, s in itos.items() if 0 <= i < self.vocab_size}
+        if all(len(s) == 1 for s in stoi):
+            return tokens, lambda text: char_tokenize(text, stoi)
+        return tokens, lambda text: split_tokenize(text, tokens)
+
+
+def load_nanogpt(path: Path, *, name: str | None = None) -> NanoGPTCheckpoint:
+    """The nanoGPT checkpoint file ``path`` (named ``name``, else the file's stem)."""
+    path = Path(path)
+    data = load_weights_only(path)
+    if not isinstance(data, dict) or "model" not in data or "model_args" not in data:
+        got = sorted(map(str, data))[:8] if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(
+            f"{path} is not a nanoGPT checkpoint: expected a dict with 'model' and 'model_args', "
+            f"got {got}"
+        )
+    state, args = data["model"], data["model_args"]
+    if not isinstance(state, Mapping) or not isinstance(args, Mapping):
+        raise CheckpointError(f"{path}: 'model' and 'model_args' must be dicts")
+    state = {
+        (k[len(COMPILED_PREFIX) :] if k.startswith(COMPILED_PREFIX) else k): v
+        for k, v in state.items()
+    }
+    return NanoGPTCheckpoint(path, name or path.stem, TensorStore.from_state(state, path), args)
