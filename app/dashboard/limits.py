@@ -1,0 +1,89 @@
+"""Size caps of the dashboard: every number a user can type or upload is bounded here, so one
+request cannot make the server build a huge pattern, decompress a zip bomb or run a model on a
+megabyte of text. Each check raises a ValueError that names the control, the value and the cap."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+__all__ = [
+    "MAX_CHECK_N",
+    "MAX_COMPARE_N",
+    "MAX_FLOW_GRAPH_N",
+    "MAX_FLOW_N",
+    "MAX_HEATMAP_N",
+    "MAX_LAYERS",
+    "MAX_NPZ_UNPACKED_BYTES",
+    "MAX_PATH_CHARS",
+    "MAX_TEXT_CHARS",
+    "MAX_TOKENS_SHOWN",
+    "MAX_UPLOAD_BYTES",
+    "check_npz_bytes",
+    "check_text",
+    "int_option",
+]
+
+MAX_CHECK_N = 4096  # check() of one pattern stays well under a second up to here
+MAX_HEATMAP_N = 256  # a step heatmap has n² cells: 65k cells per panel is what a browser draws fast
+MAX_FLOW_GRAPH_N = 64  # the layered graph draws every edge; above this it is a grey blur
+MAX_FLOW_N = 256  # the flow constraint is one max-flow per query
+MAX_COMPARE_N = 4096  # the comparison table checks nine patterns
+MAX_LAYERS = 16
+MAX_UPLOAD_BYTES = 4 * 2**20  # an .npz upload, as sent (base64 adds a third on the wire)
+MAX_NPZ_UNPACKED_BYTES = 64 * 2**20  # its arrays once decompressed (a zip bomb stops here)
+MAX_TEXT_CHARS = 2000  # the Heads and Embeddings pages' typed input
+MAX_PATH_CHARS = 1024  # a typed checkpoint path
+MAX_TOKENS_SHOWN = 64  # heatmaps with token labels on both axes
+
+
+def int_option(name: str, value: object, low: int, high: int, *, default: int | None = None) -> int:
+    """A number typed into control ``name`` as an int in ``low..high`` (``default`` when empty)."""
+    if value is None or value == "":
+        if default is None:
+            raise ValueError(f"{name} is required (an integer in {low}..{high})")
+        return default
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise ValueError(f"{name} must be an integer in {low}..{high}, got {value!r}") from None
+    if not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer in {low}..{high}, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in {low}..{high}, got {name}={value}")
+    return value
+
+
+def check_text(name: str, value: object, limit: int = MAX_TEXT_CHARS) -> str:
+    """``value`` as a str of at most ``limit`` characters without NUL bytes."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be text, got {type(value).__name__}")
+    if len(value) > limit:
+        raise ValueError(f"{name} holds {len(value):,} characters; the limit is {limit:,}")
+    if "\x00" in value:
+        raise ValueError(f"{name} must not contain NUL bytes")
+    return value
+
+
+def check_npz_bytes(name: str, data: bytes) -> None:
+    """Refuse an upload above :data:`MAX_UPLOAD_BYTES`, one that is not a zip (``.npz``) or one
+    whose members decompress to more than :data:`MAX_NPZ_UNPACKED_BYTES` (read from the zip's
+    directory, before anything is decompressed)."""
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise ValueError(f"{name} is {len(data):,} bytes; the limit is {MAX_UPLOAD_BYTES:,} bytes")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+    except zipfile.BadZipFile:
+        raise ValueError(f"{name} is not an .npz file (not a zip archive)") from None
+    if unpacked > MAX_NPZ_UNPACKED_BYTES:
+        raise ValueError(
+            f"{name} unpacks to {unpacked:,} bytes; the limit is {MAX_NPZ_UNPACKED_BYTES:,} bytes"
+        )

@@ -1,0 +1,191 @@
+"""The dashboard's server-side state: its roots and its caches, one object per app.
+
+The state lives in the Flask app's config (``server.config[STATE_KEY]``), not in a module
+global, so two apps in one process (the tests make several) never share roots or caches.
+Callbacks and page layouts find it with :func:`current_state` while Dash serves a request.
+
+Loaded checkpoints, saved vectors and computed metrics are kept in small LRU caches: switching
+layer or head on a loaded model recomputes a k×k or c×c form, never a file read.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from app.dashboard.paths import find_checkpoints, find_vectors, make_roots, resolve_inside
+
+__all__ = ["STATE_KEY", "DashboardState", "LRUCache", "Prefetcher", "current_state"]
+
+STATE_KEY = "FLOWGRAPH_DASHBOARD"
+T = TypeVar("T")
+log = logging.getLogger("flowgraph.dashboard")
+
+
+class LRUCache:
+    """A thread-safe least-recently-used cache of computed values (Flask serves requests on
+    several threads). A value is computed outside the lock: two threads asking for one missing
+    key may both compute it, which is harmless here and never blocks other keys."""
+
+    def __init__(self, maxsize: int) -> None:
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be ≥ 1, got maxsize={maxsize}")
+        self.maxsize = maxsize
+        self.hits = self.misses = 0
+        self._data: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, compute: Callable[[], T]) -> T:
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                self.hits += 1
+                return self._data[key]
+            self.misses += 1
+        value = compute()
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class Prefetcher:
+    """One daemon thread that computes queued jobs in order, each key at most once: the Heads
+    page queues a checkpoint's other heads after showing one, so a later switch is a cache hit.
+    A failing job is logged and dropped (the page reports the error if the user asks for it)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Hashable, Callable[[], object]]] = queue.SimpleQueue()
+        self._seen: set[Hashable] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.done = 0
+
+    def submit(self, key: Hashable, job: Callable[[], object]) -> bool:
+        """Queue ``job`` unless ``key`` was queued before; True when queued."""
+        with self._lock:
+            if key in self._seen:
+                return False
+            self._seen.add(key)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._work, name="flowgraph-prefetch", daemon=True
+                )
+                self._thread.start()
+        self._jobs.put((key, job))
+        return True
+
+    def _work(self) -> None:
+        while True:
+            key, job = self._jobs.get()
+            try:
+                job()
+            except Exception:
+                log.debug("prefetch %r failed", key, exc_info=True)
+            self.done += 1
+
+    def idle(self) -> bool:
+        """True when no job is waiting (the running one may still be finishing)."""
+        return self._jobs.empty()
+
+
+class DashboardState:
+    """Roots and caches of one dashboard app.
+
+    Parameters
+    ----------
+    runs : a folder of training runs (``--runs``), or None.
+    checkpoints : single checkpoints (``--checkpoint``): run folders, Hugging Face folders,
+        nanoGPT ``.pt`` files.
+    vectors : a folder of saved word2vec vectors (``--vectors``), or None.
+    """
+
+    def __init__(
+        self, runs: Path | None, checkpoints: Sequence[Path], vectors: Path | None
+    ) -> None:
+        self.checkpoint_roots = make_roots("--runs", [runs] if runs is not None else [])
+        self.checkpoint_roots += make_roots("--checkpoint", list(checkpoints))
+        self.vector_roots = make_roots("--vectors", [vectors] if vectors is not None else [])
+        self.checkpoints = LRUCache(8)
+        self.vectors = LRUCache(4)
+        self.uploads = LRUCache(8)  # uploaded .npz bytes by sha256 (≤ 4 MB each)
+        self.results = LRUCache(512)  # patterns, reports, metrics and figures, keyed by inputs
+        self.prefetch = Prefetcher()
+
+    # --- listings -----------------------------------------------------------------------------
+    def checkpoint_options(self) -> list[dict[str, str]]:
+        """Dropdown options ``{"label", "value"}`` of every checkpoint under the roots."""
+        return [{"label": label, "value": str(path)} for label, path in self.list_checkpoints()]
+
+    def list_checkpoints(self) -> list[tuple[str, Path]]:
+        return find_checkpoints(self.checkpoint_roots)
+
+    def list_vectors(self) -> list[tuple[str, Path]]:
+        return find_vectors(self.vector_roots)
+
+    # --- opening ------------------------------------------------------------------------------
+    def resolve_checkpoint(self, text: object) -> Path:
+        """The real path of a checkpoint named in the UI; refuses anything outside the roots."""
+        return resolve_inside(text, self.checkpoint_roots, "checkpoint")
+
+    def resolve_vectors(self, text: object) -> Path:
+        return resolve_inside(text, self.vector_roots, "vectors")
+
+    def checkpoint(self, text: object) -> Any:
+        """The loaded ``models.heads.Checkpoint`` named by ``text`` (cached)."""
+        real = self.resolve_checkpoint(text)
+
+        def load() -> Any:
+            from models.heads import load_checkpoint  # torch is imported on first use only
+
+            return load_checkpoint(real)
+
+        return self.checkpoints.get(str(real), load)
+
+    def word_vectors(self, text: object) -> Any:
+        """The loaded ``models.word2vec.WordVectors`` named by ``text`` (cached)."""
+        real = self.resolve_vectors(text)
+
+        def load() -> Any:
+            from models.word2vec import WordVectors
+
+            return WordVectors.load(real)
+
+        return self.vectors.get(str(real), load)
+
+    def cached(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """A computed result, memoised under ``key`` (which must name every input)."""
+        return self.results.get(key, compute)
+
+    def warm(self, limit: int = 4) -> list[str]:
+        """Load up to ``limit`` listed checkpoints now (start-up), so the first visit to the
+        Heads page does not pay for importing torch and reading files; returns their labels.
+        A checkpoint that fails to load is skipped here and reported when it is chosen."""
+        done = []
+        for label, path in self.list_checkpoints()[:limit]:
+            try:
+                self.checkpoint(str(path))
+            except Exception:  # reported in the page when the user picks it
+                continue
+            done.append(label)
+        return done
+
+
+def current_state() -> DashboardState:
+    """The state of the app serving the current request (for callbacks and page layouts)."""
+    import flask
+
+    state = flask.current_app.config.get(STATE_KEY)
+    if not isinstance(state, DashboardState):
+        raise RuntimeError("no dashboard state: the app was not made by create_app")
+    return state

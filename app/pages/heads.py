@@ -1,0 +1,508 @@
+"""Heads page: pick a checkpoint, a layer and a head, type an input — the head's bilinear form
+(metric tensor for metric heads), its spectrum and symmetry, the token distances it induces,
+its attention on the input; a second checkpoint side by side; the coverage grid of a pattern.
+
+Numbers come from :mod:`models.heads` (``Checkpoint.qk_form``, ``token_distances``,
+``attention``, ``coverage``), figures from :mod:`models.plots`. Checkpoints open only from the
+dashboard's roots (:meth:`DashboardState.resolve_checkpoint`)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from dash import Dash, Input, Output, State, dcc, html, no_update
+
+from app.dashboard import limits
+from app.dashboard.errors import guard, message
+from app.dashboard.figures import placeholder_figure
+from app.dashboard.state import DashboardState, current_state
+from app.pages.patterns import PATTERNS, build_pattern
+
+PATH, NAME, ORDER = "/heads", "Heads", 1
+PARTS = ("matrix", "symmetric", "antisymmetric")
+COVERAGE_MODES = ("merged", "interleave", "heads")
+DEFAULT_TOKENS = 16  # the example input when none is typed
+MAX_PREFETCH_HEADS = 64  # a checkpoint's heads computed ahead of a switch (12×12 BERT: not all)
+
+
+# --- pure helpers -----------------------------------------------------------------------------
+def parse_ids(text: str) -> np.ndarray:
+    """Token ids typed as integers separated by spaces or commas."""
+    pieces = [p for p in re.split(r"[\s,]+", text.strip()) if p]
+    bad = [p for p in pieces if not re.fullmatch(r"[0-9]+", p)]
+    if bad:
+        raise ValueError(f"token ids must be non-negative integers, got {bad[0]!r}")
+    if not pieces:
+        raise ValueError("token ids: none given")
+    return np.array([int(p) for p in pieces[: limits.MAX_TOKENS_SHOWN + 1]], dtype=np.int64)
+
+
+def default_ids(ckpt: Any) -> np.ndarray:
+    """A reproducible example input: ``DEFAULT_TOKENS`` pseudo-random token ids."""
+    size = min(ckpt.n_ctx, DEFAULT_TOKENS)
+    return np.random.default_rng(0).integers(0, ckpt.vocab_size, size=size, dtype=np.int64)
+
+
+def input_ids(ckpt: Any, text: object, kind: str) -> np.ndarray:
+    """The ids of the typed input under ``ckpt``'s tokenizer (``kind`` "text") or as typed
+    (``kind`` "ids"); the example input when nothing is typed. At most MAX_TOKENS_SHOWN."""
+    text = limits.check_text("input", text)
+    if not text.strip():
+        return default_ids(ckpt)
+    ids = parse_ids(text) if kind == "ids" else np.asarray(ckpt.tokenize(text), dtype=np.int64)
+    if ids.size == 0:
+        raise ValueError(f"input {text[:40]!r} gives no tokens")
+    if ids.size > limits.MAX_TOKENS_SHOWN:
+        raise ValueError(
+            f"input has more than {limits.MAX_TOKENS_SHOWN} tokens; the heatmaps label every "
+            "token, so type a shorter input"
+        )
+    if ids.size > ckpt.n_ctx:
+        raise ValueError(f"input has {ids.size} tokens; {ckpt.name} reads at most {ckpt.n_ctx}")
+    return ids
+
+
+def describe(ckpt: Any) -> str:
+    direction = "causal" if ckpt.causal else "bidirectional"
+    return (
+        f"{ckpt.name}: {ckpt.kind}, {ckpt.attention_kind} attention, {ckpt.num_layers} layers × "
+        f"{ckpt.num_heads} heads (head dim {ckpt.head_dim}, model dim {ckpt.d_model}), "
+        f"n_ctx {ckpt.n_ctx}, {ckpt.vocab_size:,} tokens, {direction}"
+    )
+
+
+def head_figures(
+    state: DashboardState,
+    path: str,
+    layer: int,
+    head: int,
+    space: str,
+    parts: list[str],
+    text: object,
+    kind: str,
+    positions: bool,
+) -> dict[str, Any]:
+    """One checkpoint's figures for one head (cached by every input)."""
+    from models import plots
+
+    real = str(state.resolve_checkpoint(path))
+    ckpt = state.checkpoint(real)
+    if not 0 <= layer < ckpt.num_layers:
+        raise ValueError(f"layer {layer} is out of range: {ckpt.name} has {ckpt.num_layers}")
+    if not 0 <= head < ckpt.num_heads:
+        raise ValueError(f"head {head} is out of range: {ckpt.name} has {ckpt.num_heads}")
+    if space == "head" and ckpt.attention_kind != "metric":
+        raise ValueError(
+            f"{ckpt.name} has {ckpt.attention_kind} heads: the head-space form exists for "
+            "metric heads only; choose model space"
+        )
+    ids = input_ids(ckpt, text, kind)
+    labels = [ckpt.tokens[i] for i in ids]
+    name = f"{ckpt.name} L{layer} H{head}"
+
+    def form_figures() -> tuple[Any, go.Figure, go.Figure]:
+        form = ckpt.qk_form(layer, head, space)
+        return (
+            form,
+            plots.make_form_figure(form, parts=parts, title=f"{name}: form"),
+            plots.make_spectrum_figure(form, title=f"{name}: spectra"),
+        )
+
+    form, form_fig, spectrum_fig = state.cached(
+        ("form", real, layer, head, space, tuple(parts)), form_figures
+    )
+
+    def token_figures() -> tuple[go.Figure, go.Figure]:
+        d2_tt = ckpt.token_distances(layer, head, ids, positions=positions)
+        attn_tt = ckpt.attention(ids)[layer, head]
+        return (
+            plots.make_token_distance_figure(d2_tt, labels, title=f"{name}: token distances"),
+            plots.make_attention_figure(attn_tt, labels, title=f"{name}: attention"),
+        )
+
+    distances, attention = state.cached(
+        ("tokens", real, layer, head, ids.tobytes(), positions), token_figures
+    )
+    return {
+        "ckpt": ckpt,
+        "ids": ids,
+        "symmetry": form.symmetry,
+        "form": form_fig,
+        "spectrum": spectrum_fig,
+        "distances": distances,
+        "attention": attention,
+    }
+
+
+def prefetch_heads(
+    state: DashboardState,
+    path: str,
+    space: str,
+    parts: list[str],
+    text: object,
+    kind: str,
+    positions: bool,
+) -> None:
+    """Queue every head of the checkpoint (same settings) on the state's background thread,
+    layer by layer, at most MAX_PREFETCH_HEADS: a later layer or head switch is a cache hit."""
+    ckpt = state.checkpoint(path)
+    settings = (space, tuple(parts), str(text or ""), kind, positions)
+    heads = [(layer, head) for layer in range(ckpt.num_layers) for head in range(ckpt.num_heads)]
+    for layer, head in heads[:MAX_PREFETCH_HEADS]:
+        state.prefetch.submit(
+            ("heads", path, layer, head, settings),
+            lambda layer=layer, head=head: head_figures(
+                state, path, layer, head, space, list(parts), text, kind, positions
+            ),
+        )
+
+
+def coverage_figure(
+    state: DashboardState, path: str, text: object, kind: str, pattern_name: str, mode: str
+) -> go.Figure:
+    """The coverage grid of ``pattern_name`` (built at the input's length) on one checkpoint."""
+    from models import plots
+
+    if mode not in COVERAGE_MODES:
+        raise ValueError(f"mode must be one of {', '.join(COVERAGE_MODES)}, got {mode!r}")
+    real = str(state.resolve_checkpoint(path))
+    ckpt = state.checkpoint(real)
+    ids = input_ids(ckpt, text, kind)
+    n = int(ids.size)
+    if n < 2:
+        raise ValueError("the coverage grid needs an input of at least 2 tokens")
+
+    def build() -> go.Figure:
+        pattern = build_pattern(pattern_name, n, None, 1, ckpt.causal)
+        cov_lh = ckpt.coverage(ids, pattern, mode)
+        label = f"{pattern.name} (n={n}, {mode})"
+        return plots.make_coverage_figure(cov_lh, pattern=label, title=f"{ckpt.name}: {label}")
+
+    return state.cached(("coverage", real, ids.tobytes(), pattern_name, mode), build)
+
+
+def warm(state: DashboardState) -> None:
+    """Compute the first checkpoint's default view (layer 0, head 0, example input)."""
+    options = state.checkpoint_options()
+    if not options:
+        return
+    path = options[0]["value"]
+    try:
+        head_figures(state, path, 0, 0, "model", list(PARTS), "", "text", False)
+        coverage_figure(state, path, "", "text", "fixed", "merged")
+        prefetch_heads(state, path, "model", list(PARTS), "", "text", False)
+    except (ValueError, TypeError, OSError):
+        return  # shown in the page when the user arrives
+
+
+# --- layout -----------------------------------------------------------------------------------
+def _control(label: str, control: Any, hint: str = "", wide: bool = False) -> html.Div:
+    children = [html.Label(label, className="fg-label"), control]
+    if hint:
+        children.append(html.Small(hint, className="fg-hint"))
+    return html.Div(children, className="fg-control fg-control-wide" if wide else "fg-control")
+
+
+def _graph(graph_id: str, title: str) -> html.Div:
+    return html.Div(
+        [
+            html.H3(title),
+            dcc.Graph(
+                id=graph_id,
+                figure=placeholder_figure("computing…"),
+                config={"displaylogo": False},
+                mathjax=False,
+            ),
+        ],
+        className="fg-section",
+    )
+
+
+def _choices(state: DashboardState, path: object) -> tuple[list[dict[str, Any]], ...]:
+    """Layer and head radio options of a checkpoint."""
+    ckpt = state.checkpoint(path)
+    layers = [{"label": str(i), "value": i} for i in range(ckpt.num_layers)]
+    return layers, [{"label": str(i), "value": i} for i in range(ckpt.num_heads)]
+
+
+def layout(**_query: str) -> html.Div:
+    state = current_state()
+    options = state.checkpoint_options()
+    first = options[0]["value"] if options else None
+    # the first checkpoint's layers and heads are in the layout (no round trip before the
+    # figures); a checkpoint that fails to load says why where its description would be
+    layers: list[dict[str, Any]] = []
+    heads: list[dict[str, Any]] = []
+    info: Any = "no checkpoint under the roots (--runs / --checkpoint)"
+    if first is not None:
+        try:
+            layers, heads = _choices(state, first)
+            info = describe(state.checkpoint(first))
+        except (ValueError, TypeError, OSError) as exc:
+            info = message(str(exc))
+    start = 0 if layers else None
+    return html.Div(
+        [
+            html.H2("Heads"),
+            html.Div(
+                [
+                    _control(
+                        "checkpoint",
+                        dcc.Dropdown(
+                            id="heads-ckpt", options=options, value=first, clearable=False
+                        ),
+                        wide=True,
+                    ),
+                    _control(
+                        "open by path",
+                        html.Div(
+                            [
+                                dcc.Input(
+                                    id="heads-path",
+                                    type="text",
+                                    maxLength=limits.MAX_PATH_CHARS,
+                                    placeholder="a path under --runs / --checkpoint",
+                                ),
+                                html.Button("open", id="heads-open", n_clicks=0),
+                            ]
+                        ),
+                        wide=True,
+                    ),
+                    _control(
+                        "compare with",
+                        dcc.Dropdown(
+                            id="heads-ckpt2",
+                            options=options,
+                            value=None,
+                            placeholder="(none)",
+                        ),
+                        wide=True,
+                    ),
+                    _control(
+                        "layer",
+                        dcc.RadioItems(id="heads-layer", options=layers, value=start, inline=True),
+                    ),
+                    _control(
+                        "head",
+                        dcc.RadioItems(id="heads-head", options=heads, value=start, inline=True),
+                    ),
+                    _control(
+                        "space",
+                        dcc.RadioItems(
+                            id="heads-space",
+                            options=["model", "head"],
+                            value="model",
+                            inline=True,
+                        ),
+                        "head: the metric M (metric heads)",
+                    ),
+                    _control(
+                        "form panels",
+                        dcc.Checklist(
+                            id="heads-parts", options=list(PARTS), value=list(PARTS), inline=True
+                        ),
+                    ),
+                ],
+                className="fg-controls",
+            ),
+            html.Div(
+                [
+                    _control(
+                        "input",
+                        dcc.Input(
+                            id="heads-text",
+                            type="text",
+                            maxLength=limits.MAX_TEXT_CHARS,
+                            debounce=True,
+                            placeholder="empty: an example input",
+                        ),
+                        f"≤ {limits.MAX_TOKENS_SHOWN} tokens",
+                        wide=True,
+                    ),
+                    _control(
+                        "input is",
+                        dcc.RadioItems(
+                            id="heads-input-kind",
+                            options=[
+                                {"label": "text", "value": "text"},
+                                {"label": "token ids", "value": "ids"},
+                            ],
+                            value="text",
+                            inline=True,
+                        ),
+                    ),
+                    _control(
+                        "distances",
+                        dcc.Checklist(
+                            id="heads-positions",
+                            options=[{"label": "add position embeddings", "value": "pos"}],
+                            value=[],
+                        ),
+                    ),
+                    _control(
+                        "coverage pattern",
+                        dcc.Dropdown(
+                            id="heads-pattern",
+                            options=list(PATTERNS),
+                            value="fixed",
+                            clearable=False,
+                        ),
+                    ),
+                    _control(
+                        "coverage mode",
+                        dcc.Dropdown(
+                            id="heads-mode",
+                            options=list(COVERAGE_MODES),
+                            value="merged",
+                            clearable=False,
+                        ),
+                    ),
+                ],
+                className="fg-controls",
+            ),
+            html.Div(id="heads-path-message", className="fg-messages"),
+            html.Div(id="heads-message", className="fg-messages"),
+            html.P(info, id="heads-info"),
+            html.P(id="heads-symmetry", className="fg-verdict"),
+            _graph("heads-form", "Bilinear form"),
+            _graph("heads-spectrum", "Spectrum"),
+            _graph("heads-distances", "Induced token distances"),
+            _graph("heads-attention", "Attention on the input"),
+            html.Div(id="heads-coverage-message", className="fg-messages"),
+            _graph("heads-coverage", "Coverage: attention mass inside a pattern"),
+        ],
+        className="fg-page",
+    )
+
+
+# --- callbacks --------------------------------------------------------------------------------
+def register_callbacks(app: Dash, state: DashboardState) -> None:
+    @app.callback(
+        Output("heads-ckpt", "options"),
+        Output("heads-ckpt", "value"),
+        Output("heads-ckpt2", "options"),
+        Output("heads-path-message", "children"),
+        Input("heads-open", "n_clicks"),
+        State("heads-path", "value"),
+        State("heads-ckpt", "options"),
+        prevent_initial_call=True,
+    )
+    @guard(outputs=4, message_at=3)
+    def open_path(_clicks: int, text: object, options: list[dict[str, str]]) -> tuple[Any, ...]:
+        real = state.resolve_checkpoint(text)
+        ckpt = state.checkpoint(str(real))
+        options = list(options or [])
+        if all(o["value"] != str(real) for o in options):
+            options.append({"label": f"{ckpt.name} ({text})", "value": str(real)})
+        return options, str(real), options, message(f"opened {describe(ckpt)}", "note")
+
+    @app.callback(
+        Output("heads-layer", "options"),
+        Output("heads-layer", "value"),
+        Output("heads-head", "options"),
+        Output("heads-head", "value"),
+        Output("heads-info", "children"),
+        Output("heads-space", "value"),
+        Input("heads-ckpt", "value"),
+        State("heads-layer", "value"),
+        State("heads-head", "value"),
+        State("heads-space", "value"),
+        prevent_initial_call=True,  # the layout holds the first checkpoint's choices
+    )
+    @guard(outputs=6, message_at=4)
+    def choose_checkpoint(path: object, layer: Any, head: Any, space: str) -> tuple[Any, ...]:
+        if not path:
+            return [], None, [], None, "no checkpoint under the roots", no_update
+        ckpt = state.checkpoint(path)
+        layers, heads = _choices(state, path)
+        layer = layer if isinstance(layer, int) and 0 <= layer < ckpt.num_layers else 0
+        head = head if isinstance(head, int) and 0 <= head < ckpt.num_heads else 0
+        space = space if ckpt.attention_kind == "metric" else "model"
+        return layers, layer, heads, head, describe(ckpt), space
+
+    @app.callback(
+        Output("heads-message", "children"),
+        Output("heads-symmetry", "children"),
+        Output("heads-form", "figure"),
+        Output("heads-spectrum", "figure"),
+        Output("heads-distances", "figure"),
+        Output("heads-attention", "figure"),
+        Input("heads-ckpt", "value"),
+        Input("heads-ckpt2", "value"),
+        Input("heads-layer", "value"),
+        Input("heads-head", "value"),
+        Input("heads-space", "value"),
+        Input("heads-parts", "value"),
+        Input("heads-text", "value"),
+        Input("heads-input-kind", "value"),
+        Input("heads-positions", "value"),
+    )
+    @guard(outputs=6, message_at=0)
+    def update(
+        path: object,
+        path2: object,
+        layer: Any,
+        head: Any,
+        space: str,
+        parts: list[str] | None,
+        text: object,
+        kind: str,
+        positions: list[str] | None,
+    ) -> tuple[Any, ...]:
+        from models import plots
+
+        if not path or layer is None or head is None:
+            return (no_update,) * 6
+        parts = [p for p in PARTS if p in (parts or [])] or ["matrix"]
+        args = (int(layer), int(head), space, parts, text, kind, "pos" in (positions or []))
+        left = head_figures(state, str(path), *args)
+        prefetch_heads(state, str(path), *args[2:])
+        symmetry = f"symmetry ‖sym‖/‖U‖ = {left['symmetry']:.3f} ({left['ckpt'].name})"
+        figs = [left["form"], left["spectrum"], left["distances"], left["attention"]]
+        note = None
+        if path2:
+            try:
+                right = head_figures(state, str(path2), *args)
+                prefetch_heads(state, str(path2), *args[2:])
+            except (ValueError, TypeError, KeyError) as exc:
+                note = message(f"compare: {exc.args[0] if exc.args else exc}", "note")
+            else:
+                titles = (left["ckpt"].name, right["ckpt"].name)
+                pairs = zip(
+                    figs,
+                    [right["form"], right["spectrum"], right["distances"], right["attention"]],
+                    strict=True,
+                )
+                key = ("side", str(path), str(path2), *args[:3], tuple(parts), *args[4:])
+                figs = state.cached(
+                    key, lambda: [plots.side_by_side(a, b, titles=titles) for a, b in pairs]
+                )
+                symmetry += f"; {right['symmetry']:.3f} ({right['ckpt'].name})"
+        return (note, symmetry, *figs)
+
+    @app.callback(
+        Output("heads-coverage-message", "children"),
+        Output("heads-coverage", "figure"),
+        Input("heads-ckpt", "value"),
+        Input("heads-ckpt2", "value"),
+        Input("heads-text", "value"),
+        Input("heads-input-kind", "value"),
+        Input("heads-pattern", "value"),
+        Input("heads-mode", "value"),
+    )
+    @guard(outputs=2, message_at=0)
+    def coverage(
+        path: object, path2: object, text: object, kind: str, pattern: str, mode: str
+    ) -> tuple[Any, ...]:
+        from models import plots
+
+        if not path:
+            return no_update, no_update
+        fig = coverage_figure(state, str(path), text, kind, pattern, mode)
+        if path2:
+            right = coverage_figure(state, str(path2), text, kind, pattern, mode)
+            fig = plots.side_by_side(fig, right)
+        return None, fig

@@ -1,0 +1,554 @@
+"""Patterns page: choose a pattern (or upload masks), see its steps, its information-flow graph,
+reachability after each step with the witness, the check report, edges against n·√n and the
+published patterns compared at one n. Every figure comes from :mod:`flowgraph.plot`, every
+number from :func:`flowgraph.check` and :func:`app.demo.comparison_rows`."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+from dash import Dash, Input, Output, State, dcc, html
+
+import flowgraph as fg
+from app.dashboard import limits
+from app.dashboard.errors import guard, message
+from app.dashboard.figures import placeholder_figure
+from app.dashboard.state import DashboardState
+from flowgraph import plot
+
+PATH, NAME, ORDER = "/", "Patterns", 0
+PATTERNS = ("dense", "local", "strided", "fixed", "ltr", "rtl", "star")
+BIDIRECTIONAL_ONLY = ("ltr", "rtl", "star")
+UPLOAD = "upload"
+MODES = ("interleave", "merged", "heads")
+EDGE_NS = (16, 64, 256, 1024, 4096)
+DEFAULTS: dict[str, Any] = {"name": "fixed", "n": 64, "summary": 1, "compare_n": 1024}
+
+
+# --- pure helpers (tested without a browser) ------------------------------------------------
+def build_pattern(
+    name: str,
+    n: object,
+    stride: object,
+    summary: object,
+    causal: bool,
+    uploaded: fg.Pattern | None = None,
+) -> fg.Pattern:
+    """The pattern the controls describe. ``stride`` is the window of ``local`` and the hub of
+    ``star``; empty means the constructor's default (⌊√n⌋, hub 0)."""
+    if name == UPLOAD:
+        if uploaded is None:
+            raise ValueError("pattern 'upload' needs an .npz of masks: drop one on the upload box")
+        if uploaded.n > limits.MAX_CHECK_N:
+            raise ValueError(
+                f"the uploaded masks have n={uploaded.n}; the dashboard checks n ≤ "
+                f"{limits.MAX_CHECK_N} (use `flowgraph check --masks` for more)"
+            )
+        return uploaded
+    if name not in PATTERNS:
+        raise ValueError(f"pattern must be one of {', '.join(PATTERNS)} or upload, got {name!r}")
+    n = limits.int_option("n", n, 2, limits.MAX_CHECK_N)
+    default_stride = max(1, int(n**0.5))
+    if name == "star":
+        return fg.star(n, hub=limits.int_option("hub (stride box)", stride, 0, n - 1, default=0))
+    l = limits.int_option("stride", stride, 1, n, default=default_stride)  # noqa: E741
+    if name in ("ltr", "rtl"):
+        return getattr(fg, name)(n, stride=l)
+    if name == "dense":
+        return fg.dense(n, causal=causal)
+    if name == "local":
+        return fg.local(n, l, causal=causal)
+    if name == "strided":
+        return fg.strided(n, stride=l, causal=causal)
+    c = limits.int_option("summary", summary, 1, l, default=1)
+    return fg.fixed(n, stride=l, summary=c, causal=causal)
+
+
+def stack_pattern(pattern: fg.Pattern, layers: object, mode: object) -> fg.Pattern:
+    """``pattern`` laid over ``layers`` layers in ``mode`` (unchanged when layers is empty)."""
+    if layers is None or layers == "":
+        return pattern
+    layers = limits.int_option("layers", layers, 1, limits.MAX_LAYERS)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    return fg.stack(pattern, layers, str(mode))
+
+
+def upload_label(filename: object) -> str:
+    """A safe pattern name from an uploaded file's name: only its stem, only [A-Za-z0-9_.-]."""
+    stem = Path(str(filename or "upload")).name.rsplit(".", 1)[0]
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem)[:64] or "upload"
+
+
+def decode_upload(contents: object) -> bytes:
+    """The bytes of a ``dcc.Upload`` data URL, size-checked as an .npz."""
+    base64_chars = (limits.MAX_UPLOAD_BYTES * 4) // 3 + 200  # the data URL of the cap
+    contents = limits.check_text("upload", contents, limit=base64_chars)
+    _, sep, payload = contents.partition(",")
+    if not sep:
+        raise ValueError("upload: expected a data URL from the upload box")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("upload: the file is not valid base64 data") from None
+    limits.check_npz_bytes("upload", data)
+    return data
+
+
+def masks_from_npz(data: bytes, causal: bool, name: str) -> fg.Pattern:
+    """A Pattern from .npz bytes, read by :func:`app.cli.load_masks` from a private temporary
+    file (the user's file name is never used as a path)."""
+    from app.cli import UsageError, load_masks
+
+    with tempfile.TemporaryDirectory(prefix="flowgraph-upload-") as tmp:
+        path = Path(tmp) / f"{name}.npz"
+        path.write_bytes(data)
+        try:
+            return load_masks(path, causal)
+        except UsageError as exc:
+            raise ValueError(str(exc).replace(str(path), f"{name}.npz")) from None
+
+
+def report_rows(report: fg.Report, flow_note: str) -> list[tuple[str, str]]:
+    """The check report as (item, value) rows for the page's table."""
+    r = report
+    rows = [("full information", "yes" if r.full_information else "NO")]
+    if r.witness is not None:
+        q, k = r.witness
+        rows.append(("witness", f"key {k} never reaches query {q}"))
+    rows += [
+        ("missing pairs", f"{r.missing_pairs:,} of {r.target_pairs:,} target pairs"),
+        (
+            "reached after each step",
+            ", ".join(f"{x:,}" for x in r.reached),
+        ),
+        ("empty query rows per step", ", ".join(str(len(e)) for e in r.empty_rows)),
+        ("causality violations (k > q)", f"{r.causality_violations:,}" if r.causal else "—"),
+        (
+            "edges",
+            f"{' + '.join(f'{e:,}' for e in r.edges)} = {r.edges_total:,}"
+            f" = {r.edge_ratio:.2f} × n·√n",
+        ),
+        (
+            "in-degree per step (min..max)",
+            ", ".join(f"{lo}..{hi}" for lo, hi in r.in_degree)
+            + (" (constant)" if r.constant_in_degree else " (not constant)"),
+        ),
+    ]
+    if r.flow is not None:
+        f = r.flow
+        rows.append(
+            (
+                "flow per query",
+                f"min {f.min}, mean {f.mean:.2f}, max {f.max}; {f.ratio:.3f} of the targets",
+            )
+        )
+    else:
+        rows.append(("flow per query", flow_note))
+    return rows
+
+
+def _table(rows: list[tuple[str, str]], table_id: str) -> html.Table:
+    return html.Table(
+        [html.Tbody([html.Tr([html.Th(k), html.Td(v, className="fg-value")]) for k, v in rows])],
+        id=table_id,
+        className="fg-table",
+    )
+
+
+def compare_table(rows: list[dict[str, object]]) -> html.Table:
+    """The rows of :func:`app.demo.comparison_rows` as an HTML table."""
+    head = html.Thead(html.Tr([html.Th(h) for h in rows[0]]))
+    body = html.Tbody([html.Tr([html.Td(str(v)) for v in row.values()]) for row in rows])
+    return html.Table([head, body], className="fg-table fg-compare")
+
+
+def edges_figure(state: DashboardState, pattern: fg.Pattern, report: fg.Report) -> go.Figure:
+    """:func:`flowgraph.plot.make_edges_figure` (cached) with this pattern's total marked."""
+    base = state.cached(("edges-figure", EDGE_NS), lambda: plot.make_edges_figure(EDGE_NS))
+    fig = go.Figure(base)
+    fig.add_trace(
+        go.Scatter(
+            x=[pattern.n],
+            y=[report.edges_total],
+            mode="markers",
+            name=f"this pattern: {pattern.name}",
+            marker={"symbol": "star", "size": 18, "color": "#e66101", "line": {"width": 1}},
+        )
+    )
+    return fig
+
+
+def analyse(
+    state: DashboardState,
+    name: str,
+    n: object,
+    stride: object,
+    summary: object,
+    direction: str,
+    layers: object,
+    mode: object,
+    flow: bool,
+    upload: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Everything the page shows for one setting of the controls (cached by the settings)."""
+    causal = direction != "bidirectional"
+    if name in BIDIRECTIONAL_ONLY:
+        causal = False
+    key = (
+        "patterns",
+        name,
+        n if name != UPLOAD else None,
+        stride,
+        summary,
+        causal,
+        layers,
+        mode,
+        bool(flow),
+        (upload or {}).get("sha") if name == UPLOAD else None,
+    )
+    return state.cached(
+        key, lambda: _analyse(state, name, n, stride, summary, causal, layers, mode, flow, upload)
+    )
+
+
+def _uploaded(state: DashboardState, upload: dict[str, Any] | None, causal: bool) -> fg.Pattern:
+    if not upload or "sha" not in upload:
+        raise ValueError("pattern 'upload' needs an .npz of masks: drop one on the upload box")
+
+    def expired() -> bytes:
+        raise ValueError("the uploaded file is no longer in the server's cache; upload it again")
+
+    data = state.uploads.get(upload["sha"], expired)
+    label = upload_label(upload.get("name"))
+    return masks_from_npz(data, causal, label)
+
+
+def _analyse(
+    state: DashboardState,
+    name: str,
+    n: object,
+    stride: object,
+    summary: object,
+    causal: bool,
+    layers: object,
+    mode: object,
+    flow: bool,
+    upload: dict[str, Any] | None,
+) -> dict[str, Any]:
+    uploaded = _uploaded(state, upload, causal) if name == UPLOAD else None
+    pattern = stack_pattern(build_pattern(name, n, stride, summary, causal, uploaded), layers, mode)
+    want_flow = bool(flow) and pattern.n <= limits.MAX_FLOW_N
+    report = fg.check(pattern, flow=want_flow)
+    if not flow:
+        flow_note = f"not computed (tick 'flow'; n ≤ {limits.MAX_FLOW_N})"
+    elif not want_flow:
+        flow_note = f"not computed: n={pattern.n} is above {limits.MAX_FLOW_N}"
+    else:
+        flow_note = ""
+    n_ = pattern.n
+    if n_ <= limits.MAX_HEATMAP_N:
+        masks = plot.make_mask_figure(pattern)
+        reach = plot.make_reachability_figure(pattern, report)
+    else:
+        why = f"n={n_}: heatmaps are drawn for n ≤ {limits.MAX_HEATMAP_N}"
+        masks = reach = placeholder_figure(why)
+    if n_ <= limits.MAX_FLOW_GRAPH_N:
+        graph = plot.make_flow_graph_figure(pattern, report)
+    else:
+        graph = placeholder_figure(
+            f"n={n_}: the flow graph is drawn for n ≤ {limits.MAX_FLOW_GRAPH_N}"
+        )
+    flow_fig = (
+        plot.make_flow_figure(report)
+        if report.flow is not None
+        else placeholder_figure(flow_note, height=160)
+    )
+    return {
+        "pattern": pattern,
+        "report": report,
+        "rows": report_rows(report, flow_note),
+        "masks": masks,
+        "graph": graph,
+        "reach": reach,
+        "flow": flow_fig,
+        "edges": edges_figure(state, pattern, report),
+    }
+
+
+def warm(state: DashboardState) -> None:
+    """Compute what the page shows on arrival (its default controls) into the caches."""
+    from app.demo import comparison_rows
+
+    analyse(
+        state,
+        DEFAULTS["name"],
+        DEFAULTS["n"],
+        None,
+        DEFAULTS["summary"],
+        "causal",
+        None,
+        "interleave",
+        False,
+        None,
+    )
+    n = DEFAULTS["compare_n"]
+    state.cached(("compare", n), lambda: comparison_rows(n))
+
+
+# --- layout -----------------------------------------------------------------------------------
+def _labelled(label: str, control: Any, hint: str = "") -> html.Div:
+    children = [html.Label(label, className="fg-label"), control]
+    if hint:
+        children.append(html.Small(hint, className="fg-hint"))
+    return html.Div(children, className="fg-control")
+
+
+def layout(**_query: str) -> html.Div:
+    options = [{"label": p, "value": p} for p in PATTERNS]
+    options.append({"label": "upload .npz of masks", "value": UPLOAD})
+    return html.Div(
+        [
+            html.H2("Patterns"),
+            html.Div(
+                [
+                    _labelled(
+                        "pattern",
+                        dcc.Dropdown(
+                            id="patterns-name",
+                            options=options,
+                            value=DEFAULTS["name"],
+                            clearable=False,
+                        ),
+                    ),
+                    _labelled(
+                        "n",
+                        dcc.Input(
+                            id="patterns-n",
+                            type="number",
+                            value=DEFAULTS["n"],
+                            debounce=True,
+                        ),
+                        f"2..{limits.MAX_CHECK_N}",
+                    ),
+                    _labelled(
+                        "stride",
+                        dcc.Input(id="patterns-stride", type="number", debounce=True),
+                        "empty: ⌊√n⌋; the window of local, the hub of star",
+                    ),
+                    _labelled(
+                        "summary",
+                        dcc.Input(
+                            id="patterns-summary",
+                            type="number",
+                            value=DEFAULTS["summary"],
+                            debounce=True,
+                        ),
+                        "columns c of fixed",
+                    ),
+                    _labelled(
+                        "direction",
+                        dcc.RadioItems(
+                            id="patterns-direction",
+                            options=["causal", "bidirectional"],
+                            value="causal",
+                            inline=True,
+                        ),
+                    ),
+                    _labelled(
+                        "layers",
+                        dcc.Input(
+                            id="patterns-layers",
+                            type="number",
+                            debounce=True,
+                        ),
+                        "empty: the pattern's own steps",
+                    ),
+                    _labelled(
+                        "mode",
+                        dcc.Dropdown(
+                            id="patterns-mode",
+                            options=list(MODES),
+                            value="interleave",
+                            clearable=False,
+                        ),
+                    ),
+                    _labelled(
+                        "flow",
+                        dcc.Checklist(id="patterns-flow", options=["flow"], value=[]),
+                        f"max-flow per query, n ≤ {limits.MAX_FLOW_N}",
+                    ),
+                    _labelled(
+                        "masks (.npz)",
+                        dcc.Upload(
+                            id="patterns-upload",
+                            children=html.Div("drop or click: .npz of masks"),
+                            accept=".npz",
+                            max_size=limits.MAX_UPLOAD_BYTES,
+                            multiple=False,
+                            className="fg-upload",
+                        ),
+                        f"≤ {limits.MAX_UPLOAD_BYTES // 2**20} MB; array 'masks' (steps, n, n)",
+                    ),
+                ],
+                className="fg-controls",
+            ),
+            dcc.Store(id="patterns-upload-key"),
+            html.Div(id="patterns-upload-status", className="fg-messages"),
+            html.Div(id="patterns-message", className="fg-messages"),
+            html.Div(
+                [
+                    html.H3(id="patterns-verdict"),
+                    html.Div(id="patterns-report"),
+                    html.Pre(id="patterns-summary-text", className="fg-pre"),
+                ],
+                className="fg-section",
+            ),
+            _graph("patterns-masks", "Step masks"),
+            _graph("patterns-reach", "Reachability after each step"),
+            _graph("patterns-flow-graph", "Information-flow graph"),
+            _graph("patterns-flow-plot", "Flow per query"),
+            _graph("patterns-edges", "Edges against n"),
+            html.Div(
+                [
+                    html.H3("The published patterns at one n"),
+                    _labelled(
+                        "n",
+                        dcc.Input(
+                            id="patterns-compare-n",
+                            type="number",
+                            value=DEFAULTS["compare_n"],
+                            debounce=True,
+                        ),
+                    ),
+                    html.Div(id="patterns-compare-message", className="fg-messages"),
+                    html.Div(id="patterns-compare"),
+                ],
+                className="fg-section",
+            ),
+        ],
+        className="fg-page",
+    )
+
+
+def _graph(graph_id: str, title: str) -> html.Div:
+    return html.Div(
+        [
+            html.H3(title),
+            dcc.Graph(
+                id=graph_id,
+                figure=placeholder_figure("computing…"),
+                config={"displaylogo": False},
+                mathjax=False,
+            ),
+        ],
+        className="fg-section",
+    )
+
+
+# --- callbacks --------------------------------------------------------------------------------
+def register_callbacks(app: Dash, state: DashboardState) -> None:
+    @app.callback(
+        Output("patterns-direction", "value"),
+        Output("patterns-direction", "options"),
+        Input("patterns-name", "value"),
+        State("patterns-direction", "value"),
+        prevent_initial_call=True,  # the default pattern (fixed) has both directions
+    )
+    def bidirectional_only(name: str, direction: str) -> tuple[str, list[dict[str, Any]]]:
+        locked = name in BIDIRECTIONAL_ONLY
+        options = [
+            {"label": "causal", "value": "causal", "disabled": locked},
+            {"label": "bidirectional", "value": "bidirectional"},
+        ]
+        return ("bidirectional" if locked else direction or "causal"), options
+
+    @app.callback(
+        Output("patterns-upload-key", "data"),
+        Output("patterns-name", "value"),
+        Output("patterns-upload-status", "children"),
+        Input("patterns-upload", "contents"),
+        State("patterns-upload", "filename"),
+        prevent_initial_call=True,
+    )
+    @guard(outputs=3, message_at=2)
+    def receive_upload(contents: str | None, filename: str | None) -> tuple[Any, ...]:
+        data = decode_upload(contents)
+        sha = hashlib.sha256(data).hexdigest()
+        state.uploads.get(sha, lambda: data)
+        label = upload_label(filename)
+        return {"sha": sha, "name": label}, UPLOAD, message(f"loaded {label}.npz", "note")
+
+    @app.callback(
+        Output("patterns-message", "children"),
+        Output("patterns-verdict", "children"),
+        Output("patterns-verdict", "className"),
+        Output("patterns-report", "children"),
+        Output("patterns-summary-text", "children"),
+        Output("patterns-masks", "figure"),
+        Output("patterns-reach", "figure"),
+        Output("patterns-flow-graph", "figure"),
+        Output("patterns-flow-plot", "figure"),
+        Output("patterns-edges", "figure"),
+        Input("patterns-name", "value"),
+        Input("patterns-n", "value"),
+        Input("patterns-stride", "value"),
+        Input("patterns-summary", "value"),
+        Input("patterns-direction", "value"),
+        Input("patterns-layers", "value"),
+        Input("patterns-mode", "value"),
+        Input("patterns-flow", "value"),
+        Input("patterns-upload-key", "data"),
+    )
+    @guard(outputs=10, message_at=0)
+    def update(
+        name: str,
+        n: object,
+        stride: object,
+        summary: object,
+        direction: str,
+        layers: object,
+        mode: object,
+        flow: list[str] | None,
+        upload: dict[str, Any] | None,
+    ) -> tuple[Any, ...]:
+        wants_flow = "flow" in (flow or [])
+        result = analyse(
+            state, name, n, stride, summary, direction, layers, mode, wants_flow, upload
+        )
+        report: fg.Report = result["report"]
+        verdict = "full information" if report.full_information else "NOT full information"
+        pattern: fg.Pattern = result["pattern"]
+        kind = "causal" if pattern.causal else "bidirectional"
+        return (
+            None,
+            f"{pattern.name} (n={pattern.n}, {kind}, {pattern.num_steps} steps): {verdict}",
+            "fg-verdict fg-ok" if report.full_information else "fg-verdict fg-bad",
+            _table(result["rows"], "patterns-report-table"),
+            report.summary(),
+            result["masks"],
+            result["reach"],
+            result["graph"],
+            result["flow"],
+            result["edges"],
+        )
+
+    @app.callback(
+        Output("patterns-compare-message", "children"),
+        Output("patterns-compare", "children"),
+        Input("patterns-compare-n", "value"),
+    )
+    @guard(outputs=2, message_at=0)
+    def compare(n: object) -> tuple[Any, ...]:
+        from app.demo import comparison_rows
+
+        n = limits.int_option("comparison n", n, 2, limits.MAX_COMPARE_N)
+        rows = state.cached(("compare", n), lambda: comparison_rows(n))
+        return None, compare_table(rows)

@@ -1,0 +1,169 @@
+"""The Heads page's logic without a browser, on two tiny trained runs (a dot-product and a
+metric sorter): every number is the one ``models.heads`` computes, figures come from
+``models.plots``, results are cached, and checkpoints open only from the roots."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from browser import shared_tiny_runs
+
+import flowgraph as fg
+from app.dashboard import limits
+from app.dashboard.state import DashboardState, Prefetcher
+from app.pages import heads as page
+from app.pages.patterns import build_pattern
+from models.heads import load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    return shared_tiny_runs(tmp_path_factory)
+
+
+@pytest.fixture
+def state(runs) -> DashboardState:
+    return DashboardState(runs, [], None)
+
+
+def test_the_listing_offers_both_runs(state, runs):
+    options = state.checkpoint_options()
+    assert [o["label"] for o in options] == [
+        f"{runs.name}/tiny-metric",
+        f"{runs.name}/tiny-sdpa",
+    ]
+
+
+@pytest.mark.parametrize("name", ["tiny-metric", "tiny-sdpa"])
+def test_head_figures_show_the_checkpoints_own_numbers(state, runs, name):
+    ckpt = load_checkpoint(runs / name)
+    ids = page.default_ids(ckpt)
+    out = page.head_figures(state, name, 1, 1, "model", list(page.PARTS), "", "text", False)
+    form = ckpt.qk_form(1, 1, "model")
+    np.testing.assert_allclose(out["form"].data[0].z, form.matrix)
+    np.testing.assert_allclose(out["form"].data[2].z, form.antisymmetric)
+    assert out["symmetry"] == pytest.approx(form.symmetry)
+    np.testing.assert_allclose(out["spectrum"].data[0].y, form.eigenvalues)
+    np.testing.assert_array_equal(out["ids"], ids)
+    np.testing.assert_allclose(out["distances"].data[0].z, ckpt.token_distances(1, 1, ids))
+    np.testing.assert_allclose(out["attention"].data[0].z, ckpt.attention(ids)[1, 1])
+    if name == "tiny-metric":
+        assert out["symmetry"] == pytest.approx(1.0)
+        head = page.head_figures(state, name, 0, 1, "head", ["matrix"], "", "text", False)
+        np.testing.assert_allclose(head["form"].data[0].z, ckpt.qk_form(0, 1, "head").matrix)
+    else:
+        with pytest.raises(ValueError, match="metric heads only"):
+            page.head_figures(state, name, 0, 1, "head", ["matrix"], "", "text", False)
+
+
+def test_switching_back_to_a_head_is_served_from_the_cache(state):
+    args = ("tiny-metric", 0, 1, "model", ["matrix"], "0 1 2 0", "text", False)
+    first = page.head_figures(state, *args)
+    hits = state.results.hits
+    second = page.head_figures(state, *args)
+    assert second["form"] is first["form"] and second["attention"] is first["attention"]
+    assert state.results.hits == hits + 2
+    assert len(state.checkpoints) == 1  # loaded once
+
+
+def test_inputs_as_text_or_ids(state, runs):
+    ckpt = state.checkpoint("tiny-sdpa")
+    np.testing.assert_array_equal(page.input_ids(ckpt, "0 2 1", "text"), ckpt.tokenize("0 2 1"))
+    np.testing.assert_array_equal(page.input_ids(ckpt, "0, 2 1", "ids"), [0, 2, 1])
+    with pytest.raises(ValueError, match="non-negative integers"):
+        page.input_ids(ckpt, "0 x", "ids")
+    with pytest.raises(ValueError, match="not a token id"):
+        ckpt.attention(page.input_ids(ckpt, "0 7", "ids"))
+    with pytest.raises(ValueError, match="reads at most"):
+        page.input_ids(ckpt, " ".join(["1"] * (ckpt.n_ctx + 1)), "ids")
+    with pytest.raises(ValueError, match="more than 64 tokens"):
+        page.input_ids(ckpt, " ".join(["1"] * 80), "ids")
+    with pytest.raises(ValueError, match="limit"):
+        page.input_ids(ckpt, "1 " * limits.MAX_TEXT_CHARS, "ids")
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        page.input_ids(ckpt, "0 9", "text")
+
+
+def test_coverage_grid_is_checkpoint_coverage(state, runs):
+    ckpt = load_checkpoint(runs / "tiny-sdpa")
+    ids = ckpt.tokenize("0 1 2 2 1 0 1 1")
+    for pattern_name, mode in (("fixed", "merged"), ("strided", "interleave"), ("ltr", "heads")):
+        fig = page.coverage_figure(
+            state, "tiny-sdpa", "0 1 2 2 1 0 1 1", "text", pattern_name, mode
+        )
+        pattern = build_pattern(pattern_name, len(ids), None, 1, ckpt.causal)
+        np.testing.assert_allclose(fig.data[0].z, ckpt.coverage(ids, pattern, mode))
+    dense = page.coverage_figure(state, "tiny-sdpa", "0 1 2 2", "text", "dense", "merged")
+    np.testing.assert_allclose(dense.data[0].z, 1.0)  # a causal model's attention is all k ≤ q
+    with pytest.raises(ValueError, match="mode must be one of"):
+        page.coverage_figure(state, "tiny-sdpa", "", "text", "fixed", "diagonal")
+    assert isinstance(build_pattern("fixed", 8, None, 1, True), fg.Pattern)
+
+
+def test_checkpoints_outside_the_roots_never_open(state, runs, tmp_path):
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(runs / "tiny-sdpa", outside)  # a real checkpoint, outside the roots
+    load_checkpoint(outside)
+    (runs / "link-out").symlink_to(tmp_path, target_is_directory=True)
+    try:
+        for text in (str(outside), "../" + runs.name + "/../elsewhere", "link-out/elsewhere"):
+            with pytest.raises(ValueError, match=r"outside|not found"):
+                state.checkpoint(text)
+    finally:
+        (runs / "link-out").unlink()
+    assert len(state.checkpoints) == 0
+
+
+def test_describe_names_the_model(state):
+    text = page.describe(state.checkpoint("tiny-metric"))
+    assert "metric attention, 2 layers × 2 heads" in text and "causal" in text
+
+
+def test_prefetch_fills_the_cache_for_every_head(state):
+    path = str(state.resolve_checkpoint("tiny-sdpa"))
+    page.prefetch_heads(state, path, "model", ["matrix"], "0 1 2", "text", False)
+    page.prefetch_heads(state, path, "model", ["matrix"], "0 1 2", "text", False)  # no repeats
+    deadline = time.monotonic() + 120
+    while state.prefetch.done < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert state.prefetch.done == 4  # 2 layers × 2 heads, each once
+    hits = state.results.hits
+    page.head_figures(state, path, 1, 1, "model", ["matrix"], "0 1 2", "text", False)
+    assert state.results.hits == hits + 2  # the form and the token figures were ready
+
+
+def test_prefetcher_runs_each_key_once_and_survives_errors():
+    prefetcher = Prefetcher()
+    ran = []
+
+    def fail():
+        raise RuntimeError("boom")
+
+    assert prefetcher.submit("bad", fail)
+    assert prefetcher.submit("a", lambda: ran.append("a"))
+    assert not prefetcher.submit("a", lambda: ran.append("again"))
+    deadline = time.monotonic() + 30
+    while prefetcher.done < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ran == ["a"] and prefetcher.done == 2 and prefetcher.idle()
+
+
+def test_warm_computes_each_pages_first_view(runs):
+    from app.dashboard import create_app
+    from app.dashboard.app import warm
+    from app.dashboard.state import STATE_KEY
+
+    app = create_app(runs, [], None)
+    assert warm(app) == [f"{runs.name}/tiny-metric", f"{runs.name}/tiny-sdpa"]
+    state = app.server.config[STATE_KEY]
+    first = state.checkpoint_options()[0]["value"]
+    hits = state.results.hits
+    page.head_figures(state, first, 0, 0, "model", list(page.PARTS), "", "text", False)
+    page.coverage_figure(state, first, "", "text", "fixed", "merged")
+    assert state.results.hits == hits + 3  # form, token figures and coverage were ready

@@ -1,0 +1,145 @@
+"""The dashboard's roots: a path from the browser cannot escape --runs / --checkpoint /
+--vectors (``..``, absolute paths, symlinks), and the listings show what is inside only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from app.dashboard.limits import MAX_PATH_CHARS
+from app.dashboard.paths import find_checkpoints, find_vectors, make_roots, resolve_inside
+from app.dashboard.state import DashboardState, LRUCache
+
+
+def _run(folder: Path) -> Path:
+    """A folder that looks like a training run (the listing reads only file names)."""
+    (folder / "checkpoint").mkdir(parents=True)
+    (folder / "checkpoint" / "config.json").write_text("{}")
+    (folder / "checkpoint" / "model.safetensors").write_bytes(b"")
+    return folder
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> dict[str, Path]:
+    runs = tmp_path / "runs"
+    inside = _run(runs / "a")
+    _run(runs / "group" / "b")
+    outside = _run(tmp_path / "secret")
+    (tmp_path / "secret.txt").write_text("no")
+    (runs / "nano").mkdir()
+    (runs / "nano" / "ckpt.pt").write_bytes(b"")
+    return {"root": tmp_path, "runs": runs, "inside": inside, "outside": outside}
+
+
+def test_relative_and_absolute_paths_inside_resolve(tree):
+    roots = make_roots("--runs", [tree["runs"]])
+    assert resolve_inside("a", roots) == tree["inside"].resolve()
+    assert resolve_inside(str(tree["inside"]), roots) == tree["inside"].resolve()
+    assert resolve_inside("group/b/../../a", roots) == tree["inside"].resolve()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["../secret", "../secret.txt", "a/../../secret", "./../runs/../secret", "..", "../../etc"],
+)
+def test_dot_dot_cannot_leave_the_root(tree, text):
+    roots = make_roots("--runs", [tree["runs"]])
+    with pytest.raises(ValueError, match=r"outside the dashboard's roots|not found"):
+        resolve_inside(text, roots)
+
+
+def test_absolute_paths_outside_are_refused(tree):
+    roots = make_roots("--runs", [tree["runs"]])
+    for text in (str(tree["outside"]), "/etc/passwd", "/", str(tree["root"])):
+        with pytest.raises(ValueError, match="outside the dashboard's roots"):
+            resolve_inside(text, roots)
+
+
+def test_symlinks_are_followed_before_the_check(tree):
+    runs = tree["runs"]
+    os.symlink(tree["outside"], runs / "escape")
+    os.symlink(tree["inside"], runs / "alias")
+    roots = make_roots("--runs", [runs])
+    with pytest.raises(ValueError, match="outside the dashboard's roots"):
+        resolve_inside("escape", roots)
+    with pytest.raises(ValueError, match="outside the dashboard's roots"):
+        resolve_inside("escape/checkpoint/config.json", roots)
+    assert resolve_inside("alias", roots) == tree["inside"].resolve()
+    listed = {path for _, path in find_checkpoints(roots)}
+    assert tree["outside"].resolve() not in listed
+
+
+def test_a_checkpoint_root_admits_only_itself(tree):
+    file_root = make_roots("--checkpoint", [tree["runs"] / "nano" / "ckpt.pt"])
+    assert resolve_inside(str(tree["runs"] / "nano" / "ckpt.pt"), file_root).name == "ckpt.pt"
+    with pytest.raises(ValueError, match="outside"):
+        resolve_inside(str(tree["inside"]), file_root)
+    dir_root = make_roots("--checkpoint", [tree["inside"]])
+    assert resolve_inside(str(tree["inside"] / "checkpoint"), dir_root).name == "checkpoint"
+    with pytest.raises(ValueError, match="outside"):
+        resolve_inside(str(tree["runs"] / "group" / "b"), dir_root)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("a\x00b", "NUL"),
+        ("x" * (MAX_PATH_CHARS + 1), "limit"),
+        ("missing", "not found"),
+    ],
+)
+def test_bad_text_is_refused_with_a_message(tree, text, match):
+    roots = make_roots("--runs", [tree["runs"]])
+    with pytest.raises(ValueError, match=match):
+        resolve_inside(text, roots)
+
+
+def test_no_roots_means_nothing_opens(tree):
+    with pytest.raises(ValueError, match="without roots"):
+        resolve_inside(str(tree["inside"]), [])
+
+
+def test_missing_root_names_its_flag(tmp_path):
+    with pytest.raises(ValueError, match="--runs: no such file or folder"):
+        make_roots("--runs", [tmp_path / "nope"])
+    with pytest.raises(ValueError, match="--vectors"):
+        DashboardState(None, [], tmp_path / "nope")
+
+
+def test_listing_finds_runs_once_and_nanogpt_files(tree):
+    roots = make_roots("--runs", [tree["runs"]])
+    labels = [label for label, _ in find_checkpoints(roots)]
+    assert labels == ["runs/a", "runs/group/b", "runs/nano/ckpt.pt"]
+
+
+def test_vectors_listing(tmp_path):
+    vec = tmp_path / "vectors" / "w2v"
+    vec.mkdir(parents=True)
+    (vec / "vectors.safetensors").write_bytes(b"")
+    (vec / "vocab.json").write_text("{}")
+    (tmp_path / "vectors" / "half").mkdir()
+    (tmp_path / "vectors" / "half" / "vocab.json").write_text("{}")
+    roots = make_roots("--vectors", [tmp_path / "vectors"])
+    assert find_vectors(roots) == [("vectors/w2v", vec.resolve())]
+
+
+def test_lru_cache_keeps_the_most_recent():
+    cache = LRUCache(2)
+    calls = []
+
+    def make(key):
+        return lambda: calls.append(key) or key * 10
+
+    assert cache.get(1, make(1)) == 10
+    assert cache.get(2, make(2)) == 20
+    assert cache.get(1, make(1)) == 10  # a hit: 1 becomes the most recent
+    assert cache.get(3, make(3)) == 30  # evicts 2
+    assert cache.get(2, make(2)) == 20
+    assert calls == [1, 2, 3, 2]
+    assert (cache.hits, cache.misses, len(cache)) == (1, 4, 2)
+    with pytest.raises(ValueError, match="maxsize"):
+        LRUCache(0)

@@ -1,0 +1,215 @@
+"""The Patterns page's logic without a browser: the controls build the same patterns as the
+flowgraph constructors, the report is ``flowgraph.check``'s, uploads are size-checked and read
+by ``app.cli.load_masks``, and errors become messages."""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+
+import numpy as np
+import pytest
+from dash import html, no_update
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import flowgraph as fg
+from app.dashboard import limits
+from app.dashboard.errors import guard
+from app.dashboard.state import DashboardState
+from app.demo import comparison_rows
+from app.pages import patterns as page
+
+
+def _state() -> DashboardState:
+    return DashboardState(None, [], None)
+
+
+def _oracle(name: str, n: int, stride: int | None, causal: bool) -> fg.Pattern:
+    """The pattern as the flowgraph constructors build it from the same numbers."""
+    l = stride if stride is not None else max(1, math.isqrt(n))  # noqa: E741
+    if name == "dense":
+        return fg.dense(n, causal=causal)
+    if name == "local":
+        return fg.local(n, l, causal=causal)
+    if name == "star":
+        return fg.star(n, hub=stride or 0)
+    if name in ("ltr", "rtl"):
+        return getattr(fg, name)(n, stride=l)
+    return getattr(fg, name)(n, stride=l, causal=causal)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    name=st.sampled_from(page.PATTERNS),
+    n=st.integers(2, 80),
+    stride_frac=st.none() | st.floats(0, 1),
+    causal=st.booleans(),
+)
+def test_controls_build_the_constructors_pattern(name, n, stride_frac, causal):
+    stride = None if stride_frac is None else max(1, min(n - 1, int(stride_frac * n)))
+    built = page.build_pattern(name, n, stride, 1, causal)
+    assert built == _oracle(name, n, stride, causal)
+
+
+def test_numbers_typed_as_text_or_floats_are_read_as_ints():
+    assert page.build_pattern("strided", "16", 4.0, 1, True) == fg.strided(16, stride=4)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (("fixed", limits.MAX_CHECK_N + 1, None, 1), r"n must be in 2\.\.4096"),
+        (("fixed", "abc", None, 1), "n must be an integer"),
+        (("fixed", None, None, 1), "n is required"),
+        (("fixed", 64, 0, 1), "stride must be in 1..64"),
+        (("fixed", 64, 8, 9), "summary must be in 1..8"),
+        (("star", 16, 16, 1), "hub"),
+        (("nope", 16, None, 1), "pattern must be one of"),
+        (("upload", 16, None, 1), "needs an .npz"),
+    ],
+)
+def test_bad_controls_raise_a_message_naming_the_control(args, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        page.build_pattern(*args, causal=True)
+
+
+def test_layers_and_mode_are_flowgraph_stack():
+    p = fg.fixed(32, stride=4)
+    assert page.stack_pattern(p, None, "interleave") is p
+    for mode in page.MODES:
+        assert page.stack_pattern(p, 3, mode) == fg.stack(p, 3, mode)
+    with pytest.raises(ValueError, match=r"layers must be in 1\.\.16"):
+        page.stack_pattern(p, 17, "merged")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        page.stack_pattern(p, 2, "diagonal")
+
+
+def test_analysis_is_the_check_report_and_its_figures():
+    state = _state()
+    out = page.analyse(state, "fixed", 64, None, 1, "causal", None, "interleave", False, None)
+    report = fg.check(fg.fixed(64))
+    assert out["report"] == report
+    rows = dict(out["rows"])
+    assert rows["full information"] == "NO"
+    assert rows["witness"] == "key 0 never reaches query 0"
+    assert rows["missing pairs"].startswith(f"{report.missing_pairs:,} of")
+    assert "n·√n" in rows["edges"] and rows["flow per query"].startswith("not computed")
+    assert [t.name for t in out["masks"].data] == ["step 1", "step 2"]
+    assert any("witness" in (t.name or "") for t in out["reach"].data)
+    assert out["edges"].data[-1].y == (report.edges_total,)
+    # fixed → strided: the report turns to full information
+    strided = page.analyse(state, "strided", 64, None, 1, "causal", None, "interleave", True, None)
+    assert dict(strided["rows"])["full information"] == "yes"
+    assert strided["report"].flow == fg.check(fg.strided(64), flow=True).flow
+    assert strided["flow"].data[0].y.tolist() == list(strided["report"].flow.per_query)
+
+
+def test_the_analysis_is_cached_by_its_inputs():
+    state = _state()
+    args = ("strided", 64, None, 1, "causal", None, "interleave", False, None)
+    first = page.analyse(state, *args)
+    assert page.analyse(state, *args) is first
+    assert page.analyse(state, "strided", 65, *args[2:]) is not first
+
+
+def test_bidirectional_only_patterns_ignore_the_causal_setting():
+    out = page.analyse(_state(), "ltr", 16, 4, 1, "causal", None, "interleave", False, None)
+    assert out["pattern"] == fg.ltr(16, stride=4) and not out["report"].causal
+
+
+def test_large_n_draws_placeholders_not_huge_figures():
+    n = limits.MAX_HEATMAP_N + 1
+    out = page.analyse(_state(), "strided", n, None, 1, "causal", None, "interleave", True, None)
+    assert "heatmaps are drawn for n ≤" in out["masks"].layout.meta["placeholder"]
+    assert "flow graph is drawn for n ≤" in out["graph"].layout.meta["placeholder"]
+    assert out["report"].flow is None  # n above MAX_FLOW_N
+    assert "above" in dict(out["rows"])["flow per query"]
+
+
+def _npz(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _data_url(data: bytes) -> str:
+    return "data:application/octet-stream;base64," + base64.b64encode(data).decode()
+
+
+def test_uploaded_masks_are_read_like_flowgraph_check_masks():
+    masks = np.stack([fg.strided(16, stride=4).dense(s) for s in range(2)])
+    data = page.decode_upload(_data_url(_npz(masks=masks)))
+    pattern = page.masks_from_npz(data, causal=True, name="mine")
+    assert pattern == fg.from_masks(masks, causal=True)
+    assert pattern.name == "mine"
+    state = _state()
+    state.uploads.get("sha1", lambda: data)
+    upload = {"sha": "sha1", "name": "mine"}
+    out = page.analyse(
+        state, "upload", None, None, None, "causal", None, "interleave", False, upload
+    )
+    assert out["report"] == fg.check(pattern)
+
+
+def test_upload_names_are_labels_never_paths():
+    assert page.upload_label("../../etc/passwd.npz") == "passwd"
+    assert page.upload_label("/abs/x y;rm -rf.npz") == "x_y_rm_-rf"
+    assert page.upload_label(None) == "upload"
+
+
+def test_bad_uploads_are_refused():
+    with pytest.raises(ValueError, match="not valid base64"):
+        page.decode_upload("data:x;base64,@@@@")
+    with pytest.raises(ValueError, match="data URL"):
+        page.decode_upload("no comma here")
+    with pytest.raises(ValueError, match=r"not an \.npz"):
+        page.decode_upload(_data_url(b"just bytes"))
+    with pytest.raises(ValueError, match="limit"):
+        limits.check_npz_bytes("upload", b"x" * (limits.MAX_UPLOAD_BYTES + 1))
+    with pytest.raises(ValueError, match="characters"):
+        page.decode_upload("x" * (limits.MAX_UPLOAD_BYTES * 2))
+    # a zip bomb: a few kB on the wire, more than the cap once unpacked
+    bomb = _npz(masks=np.zeros(limits.MAX_NPZ_UNPACKED_BYTES + 1, dtype=np.uint8))
+    assert len(bomb) < limits.MAX_UPLOAD_BYTES
+    with pytest.raises(ValueError, match="unpacks to"):
+        page.decode_upload(_data_url(bomb))
+    with pytest.raises(TypeError, match="must be boolean"):
+        page.masks_from_npz(_npz(masks=np.ones((4, 4), np.int8)), causal=True, name="ints")
+    state = _state()
+    with pytest.raises(ValueError, match="upload it again"):
+        page.analyse(
+            state, "upload", None, None, None, "causal", None, "merged", False, {"sha": "x"}
+        )
+
+
+def test_compare_table_is_the_demo_comparison():
+    rows = comparison_rows(64)
+    table = page.compare_table(rows)
+    body = table.children[1].children
+    assert len(body) == len(rows) == 9
+    assert [td.children for td in body[3].children] == [str(v) for v in rows[3].values()]
+
+
+def test_guard_turns_errors_into_messages_without_tracebacks():
+    @guard(outputs=3, message_at=1)
+    def fails_with(exc: Exception):
+        raise exc
+
+    result = fails_with(ValueError("n must be in 2..4096, got n=5000"))
+    assert result[0] is no_update and result[2] is no_update
+    assert isinstance(result[1], html.Div)
+    assert result[1].children == "n must be in 2..4096, got n=5000"
+    assert fails_with(KeyError("word: 'x' is not in the vocabulary"))[1].children == (
+        "word: 'x' is not in the vocabulary"
+    )
+    internal = fails_with(RuntimeError("secret internals"))[1].children
+    assert internal.startswith("internal error (RuntimeError)")
+    assert "secret" not in internal and "Traceback" not in internal
+
+    @guard(outputs=1, message_at=0)
+    def long_message():
+        raise ValueError("x" * 5000)
+
+    assert len(long_message().children) <= 600
