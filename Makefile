@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN        := $(VENV)/bin
 STAMP      := $(VENV)/.installed
 
-.PHONY: install demo test lint docs docs-serve pictures bench bench-entity-memory clean
+.PHONY: install demo demo-patterns test lint docs docs-serve pictures bench bench-entity-memory clean
 
 install: $(STAMP)
 
@@ -18,8 +18,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# The demo sorters are trained only when runs/ lacks one (a finished run is not retrained), then
+# the dashboard serves them on 127.0.0.1:8050 until Ctrl-C.
+DEMO_RUNS := runs/sort-sdpa runs/sort-metric runs/sort-sdpa-fixed
+
 demo: $(STAMP)
-	$(BIN)/flowgraph train --demo
+	(for run in $(DEMO_RUNS); do test -f $$run/checkpoint/config.json || exit 1; done) \
+	  || $(BIN)/flowgraph train --demo
+	$(BIN)/flowgraph dashboard --runs runs
+
+demo-patterns: $(STAMP)  # the pattern comparison in the terminal, pictures into out/demo
 	$(BIN)/flowgraph demo --out out/demo
 
 test: $(STAMP)
@@ -29,7 +37,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check flowgraph gpu models app tests benchmarks docs/pictures.py
+	$(BIN)/ruff format --check flowgraph gpu models app tests benchmarks docs/pictures.py docs/heads_pictures.py
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict
@@ -38,7 +46,8 @@ docs-serve: $(STAMP)
 	$(BIN)/mkdocs serve
 
 pictures: $(STAMP)
-	$(BIN)/python docs/pictures.py --out docs/img
+	$(BIN)/python docs/pictures.py --out docs/img --runs runs
+	$(BIN)/python tests/browser.py --runs runs --screenshot docs/img/dashboard.png
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/check_scaling.py

@@ -18,6 +18,9 @@ from pathlib import Path
 import numpy as np
 
 import flowgraph as fg
+from app.cli_dashboard import add_subcommand as add_dashboard
+from app.cli_heads import add_subcommand as add_heads
+from app.cli_word2vec import add_subcommand as add_word2vec
 
 __all__ = ["build_parser", "main"]
 
@@ -79,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for pictures")
     demo.set_defaults(run=_run_demo)
     _add_train(sub)
+    add_dashboard(sub)
+    add_heads(sub)
+    add_word2vec(sub)
     return parser
 
 
