@@ -11,8 +11,9 @@ everything runs on a machine without CUDA through the torch reference path.
 >>> out_bhnd.shape, gpu.backend_for(q_bhnd)
 (torch.Size([2, 4, 100, 32]), 'torch')
 
-Status: the CuPy kernels have not landed yet (``gpu/_cupy.py``), so every call runs the
-reference; see ``docs/gpu.md``.
+On a CUDA tensor with CuPy installed the kernels run (``gpu/_sparse_cuda.py``,
+``gpu/_metric_cuda.py``, launched by ``gpu/_cupy.py``); otherwise the reference. See
+``docs/gpu.md``.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ def sparse_attention(
     checked before any work; the backend is :func:`backend_for`.
     """
     scale = check_inputs(q_bhnd, k_bhnd, v_bhnd, mask, scale)
-    if backend_for(q_bhnd) == "cupy":  # pragma: no cover - needs a GPU and the kernels
-        from gpu import _cupy  # type: ignore[attr-defined]
+    if backend_for(q_bhnd) == "cupy":  # pragma: no cover - needs a GPU and CuPy
+        from gpu import _sparse_cuda  # registers the custom ops; CuPy loads at the first launch
 
-        return _cupy.sparse_attention(q_bhnd, k_bhnd, v_bhnd, mask, scale)
+        if _sparse_cuda.supports(q_bhnd):  # float64 and other head dims: the reference
+            return _sparse_cuda.sparse_attention(q_bhnd, k_bhnd, v_bhnd, mask, scale)
     return sparse_attention_reference(q_bhnd, k_bhnd, v_bhnd, mask, scale)

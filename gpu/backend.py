@@ -10,7 +10,7 @@ __all__ = ["backend_for"]
 
 
 def _kernels_available() -> bool:
-    """The CuPy launchers live in ``gpu/_cupy.py``; until that module exists there are none."""
+    """The CuPy launchers live in ``gpu/_cupy.py`` (absent from a trimmed install: no kernels)."""
     return importlib.util.find_spec("gpu._cupy") is not None
 
 

@@ -17,9 +17,9 @@ Quadratic attention (the seed's general form): per head one full c×c matrix U, 
 x·U·xᵀ``, values from their own projection (:func:`quadratic_attention_reference`).
 
 Everything here is plain torch, so autograd differentiates it; the references compute float16 and
-bfloat16 inputs in float32, float64 in float64, and return the input dtype. Until the CuPy kernel
-lands, :func:`metric_attention` runs torch's fused SDPA with q = p·M, k = v = p for unmasked calls
-below float64, and the reference otherwise.
+bfloat16 inputs in float32, float64 in float64, and return the input dtype. On a CUDA device with
+CuPy, :func:`metric_attention` runs the kernels (``gpu/_metric_cuda.py``); otherwise torch's fused
+SDPA with q = p·M, k = v = p for unmasked calls below float64, and the reference for the rest.
 """
 
 from __future__ import annotations
@@ -410,8 +410,12 @@ def metric_attention(
     ``p_bhnk`` is (b, h, n, k), float16/bfloat16/float32/float64; ``m_packed_hl`` is
     (h, k(k+1)/2) of the same dtype and device, each row the packed upper triangle of a
     symmetric M (:func:`pack_symmetric`); ``mask`` has n positions and 1 or h heads on p's
-    device; ``scale`` defaults to 1/√k. Inputs are checked before any work; the backend is
-    :func:`gpu.backend_for`. Until the CuPy kernels land the torch backend runs
+    device; ``scale`` defaults to 1/√k. Inputs are checked before any work. When
+    :func:`gpu.backend_for` says ``"cupy"`` the CUDA kernels run (``gpu._metric_cuda``: float32,
+    float16 and bfloat16 inputs, float32 accumulation, the half types on tensor cores, k ≤ 128
+    padded to 16/32/64/128),
+    unless :func:`gpu._metric_cuda.unsupported_reason` names something they cannot do (float64,
+    k > 128, ...). The torch path runs
     ``F.scaled_dot_product_attention(p·M, p, p)`` without a mask below float64, and
     :func:`metric_attention_reference` otherwise.
 
@@ -421,11 +425,12 @@ def metric_attention(
     torch.Size([2, 3, 10, 4])
     """
     scale = check_metric_inputs(p_bhnk, m_packed_hl, causal, mask, scale)
-    if backend_for(p_bhnk) == "cupy":  # pragma: no cover - needs a GPU and the kernels
-        from gpu import _cupy  # type: ignore[attr-defined]
+    if backend_for(p_bhnk) == "cupy":  # pragma: no cover - needs a GPU and CuPy
+        from gpu import _metric_cuda
 
-        if hasattr(_cupy, "metric_attention"):  # the sparse launchers may land first
-            return _cupy.metric_attention(p_bhnk, m_packed_hl, causal, mask, scale)
+        needs_grad = torch.is_grad_enabled() and (p_bhnk.requires_grad or m_packed_hl.requires_grad)
+        if _metric_cuda.unsupported_reason(p_bhnk, mask, needs_grad) is None:
+            return _metric_cuda.metric_attention_cuda(p_bhnk, m_packed_hl, causal, mask, scale)
     if mask is None and p_bhnk.dtype != torch.float64:
         return _sdpa_metric_attention(p_bhnk, m_packed_hl, causal, scale)
     return metric_attention_reference(p_bhnk, m_packed_hl, causal, mask, scale)

@@ -2,7 +2,7 @@
 //
 // Compile a .cu file with the system C++ compiler (C++17), force-including this header and with
 // tests/cuda_emu/include on the include path (it holds stand-ins for <cuda_fp16.h>,
-// <cuda_bf16.h> and <cuda_runtime.h>). The harness in tests/cuda_emu/__init__.py does that and
+// <cuda_bf16.h>, <cuda_runtime.h> and <mma.h>). The harness in tests/cuda_emu/__init__.py does that and
 // launches kernels from Python through ctypes.
 //
 // Model: the blocks of a grid run one after another; the threads of a block run as cooperative
@@ -26,16 +26,19 @@
 // Provided: threadIdx, blockIdx, blockDim, gridDim, warpSize, dim3; __global__, __device__,
 // __host__, __forceinline__, __noinline__, __launch_bounds__, __align__, __restrict__; __shared__
 // (a static per kernel instantiation, shared by the block's fibers; not cleared between blocks,
-// so do not rely on its contents, as on a GPU) and dynamic shared memory through CUDA_EMU_DYNAMIC_SHARED / cuda_emu_dynamic_shared(); the
-// dynamic buffer is filled with 0xFF bytes (NaN as float) before every block;
+// so do not rely on its contents, as on a GPU) and dynamic shared memory through
+// CUDA_EMU_DYNAMIC_SHARED / cuda_emu_dynamic_shared(); the dynamic buffer starts 128-byte aligned
+// and is filled with 0xFF bytes (NaN as float) before every block;
 // __syncthreads, __syncwarp, __shfl_sync, __shfl_up_sync, __shfl_down_sync, __shfl_xor_sync,
 // __ballot_sync, __any_sync, __all_sync, __activemask; atomicAdd/Sub/Max/Min/Exch/CAS;
 // __threadfence*; __ldg; __expf, __logf, __fdividef, __frcp_rn, __saturatef, rsqrtf, exp2f and
 // the <math.h> functions (fminf, fmaxf, INFINITY, ...); min/max for ints and floats;
 // __float_as_int, __int_as_float, __float_as_uint, __uint_as_float, __popc, __clz, __ffs;
 // __half / half and __nv_bfloat16 / nv_bfloat16 with round-to-nearest-even conversions and
-// arithmetic through float. Not (yet) provided: the WMMA fragment API, __half2, cooperative
-// groups, textures, inline PTX.
+// arithmetic through float; the WMMA fragment API of <mma.h> (nvcuda::wmma: fragment,
+// fill_fragment, load_matrix_sync, store_matrix_sync, mma_sync; shapes 16×16×16, 32×8×16,
+// 8×32×16; see the WMMA section at the end). Not (yet) provided: __half2, cooperative groups,
+// textures, inline PTX.
 #pragma once
 #define CUDA_EMU 1
 
@@ -64,7 +67,7 @@
 #define __forceinline__ inline __attribute__((always_inline))
 #define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
-#define __align__(n) alignas(n)
+#define __align__(n) __attribute__((aligned(n)))  // GCC accepts it after `static` too
 #define __shared__ static
 #define __constant__ static
 
@@ -77,8 +80,10 @@ typedef dim3 uint3;
 
 namespace cuda_emu {
 
+constexpr size_t kSharedAlign = 128;  // alignment of the dynamic shared buffer
+
 enum class State { Ready, AtWarp, AtBlock, Done };
-enum class WarpOp { None, Sync, Shuffle, Vote };
+enum class WarpOp { None, Sync, Shuffle, Vote, Matrix };
 
 struct Fiber {
   ucontext_t ctx;
@@ -96,6 +101,7 @@ struct Warp {
   uint64_t slot[2][32][2];  // double-buffered by call parity: one sync per exchange
   unsigned joined[2] = {0, 0};  // the lanes that took part in the last exchange of each parity
   unsigned lanes = 0;           // lanes that exist (the last warp of a block may be partial)
+  std::vector<float> wmma[2];   // mma_sync's A, B, C gathered from the lanes, by call parity
 };
 
 struct Runtime {
@@ -108,7 +114,8 @@ struct Runtime {
   Fiber* current = nullptr;
   ucontext_t scheduler;
   std::function<void()> body;
-  std::vector<unsigned char> dynamic_shared;
+  std::vector<unsigned char> dynamic_shared;  // kSharedAlign bytes more than asked for
+  size_t dynamic_offset = 0;                    // where the aligned buffer starts in it
   bool failed = false;
   std::string error;
   uint64_t rng = 0;
@@ -395,7 +402,11 @@ inline int launch(dim3 grid, dim3 block, size_t shared_bytes, uint64_t seed,
   r.grid_dim = grid;
   r.block_dim = block;
   r.body = std::move(body);
-  r.dynamic_shared.assign(shared_bytes, 0xFF);
+  r.dynamic_shared.assign(shared_bytes + kSharedAlign, 0xFF);
+  {  // a GPU's dynamic shared memory starts aligned (WMMA needs 32 bytes); so does ours
+    const uintptr_t at = reinterpret_cast<uintptr_t>(r.dynamic_shared.data());
+    r.dynamic_offset = (kSharedAlign - at % kSharedAlign) % kSharedAlign;
+  }
   r.rng = seed;
   for (unsigned z = 0; z < grid.z; ++z) {
     for (unsigned y = 0; y < grid.y; ++y) {
@@ -461,7 +472,10 @@ int launch_kernel(void (*kernel)(A...), const unsigned* grid, const unsigned* bl
 #define gridDim (::cuda_emu::rt().grid_dim)
 #define warpSize 32
 
-inline void* cuda_emu_dynamic_shared() { return ::cuda_emu::rt().dynamic_shared.data(); }
+inline void* cuda_emu_dynamic_shared() {
+  ::cuda_emu::Runtime& r = ::cuda_emu::rt();
+  return r.dynamic_shared.data() + r.dynamic_offset;
+}
 // `extern __shared__ T name[];` in a kernel reads CUDA_EMU_DYNAMIC_SHARED(T, name) here.
 #define CUDA_EMU_DYNAMIC_SHARED(T, name) T* name = static_cast<T*>(cuda_emu_dynamic_shared())
 
@@ -712,3 +726,184 @@ inline __half __hfma(__half a, __half b, __half c) {
 }
 inline __nv_bfloat16 __hadd(__nv_bfloat16 a, __nv_bfloat16 b) { return a + b; }
 inline __nv_bfloat16 __hmul(__nv_bfloat16 a, __nv_bfloat16 b) { return a * b; }
+
+// ---- WMMA (nvcuda::wmma, <mma.h>): warp-wide matrix fragments ---------------------------------
+// The 16×16×16, 32×8×16 and 8×32×16 shapes with __half or __nv_bfloat16 A and B and float or
+// __half accumulators, with the element counts of CUDA's fragments (num_elements). Which matrix
+// entries a lane holds is unspecified in CUDA; here each kind of fragment uses a scrambled map
+// (a few entries held by several lanes, as CUDA's half A/B fragments do), so a kernel that treats
+// x[i] as a known row or column — anything but the same operation on every element — computes
+// garbage here as it may on a GPU. load/store/mma_sync are warp-synchronous calls of the whole
+// warp (32 live lanes) with the same pointer, ldm and layout in every lane, else the launch fails;
+// pointers must be 32-byte aligned and ldm a multiple of 16 bytes, as CUDA requires. load reads
+// memory before the lanes meet and store writes after, so a missing barrier before a load or
+// after a store shows under a random schedule. mma_sync multiplies in float: products of half or
+// bfloat16 values are exact in float, the sum's order is the emulator's.
+namespace nvcuda {
+namespace wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+namespace detail {
+template <class T>
+constexpr bool is_half_type = std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value;
+
+// (rows, cols) of a fragment's matrix and its elements per lane, as in CUDA's <mma.h>
+template <class Use, int M, int N, int K, class T>
+struct traits {
+  static_assert((M == 16 && N == 16 && K == 16) || (M == 32 && N == 8 && K == 16) ||
+                    (M == 8 && N == 32 && K == 16),
+                "the emulator's WMMA shapes are 16x16x16, 32x8x16 and 8x32x16");
+  static constexpr bool a = std::is_same<Use, matrix_a>::value;
+  static constexpr bool b = std::is_same<Use, matrix_b>::value;
+  static_assert(a || b || std::is_same<Use, accumulator>::value, "unknown fragment use");
+  static_assert(a || b ? is_half_type<T> : (std::is_same<T, float>::value || std::is_same<T, __half>::value),
+                "A/B fragments hold __half or __nv_bfloat16, accumulators float or __half");
+  static constexpr int rows = a ? M : (b ? K : M);
+  static constexpr int cols = a ? K : N;
+  static constexpr int size = rows * cols;
+  // CUDA: __half A/B hold 16 per lane (entries repeated across lanes); the rest size/32
+  static constexpr int elements = (a || b) && std::is_same<T, __half>::value ? 16 : size / 32;
+  static constexpr int use = a ? 0 : (b ? 1 : 2);
+};
+
+// entry (position in the row-major rows×cols matrix) of element i of lane `lane`: an odd
+// multiplier and an offset scramble the lane-major order (a bijection modulo a power of two)
+template <int Use, int Size, int Elements>
+inline int entry(unsigned lane, int i) {
+  constexpr int mult[3] = {37, 91, 53}, add[3] = {11, 5, 29};
+  return static_cast<int>((static_cast<unsigned>(mult[Use]) * ((lane * Elements + i) % Size) + add[Use]) %
+                          Size);
+}
+
+struct call {  // what every lane of a warp-wide WMMA call must agree on
+  const void* ptr;
+  unsigned ldm;
+  int layout;
+};
+
+// One warp-wide WMMA call: every lane of a full warp takes part, with the same arguments.
+inline void matrix_call(const call& mine, const char* what) {
+  ::cuda_emu::Fiber& f = ::cuda_emu::self();
+  if (::cuda_emu::rt().warps[f.warp].lanes != 32 || ::cuda_emu::live_lanes(f) != 0xffffffffu) {
+    ::cuda_emu::fail(std::string(what) + ": needs all 32 lanes of the warp");
+  }
+  const uint64_t(*slots)[2] =
+      ::cuda_emu::exchange(mine, ::cuda_emu::WarpOp::Matrix, 0xffffffffu, what);
+  for (unsigned l = 0; l < 32; ++l) {
+    call other;
+    memcpy(&other, slots[l], sizeof other);
+    if (other.ptr != mine.ptr || other.ldm != mine.ldm || other.layout != mine.layout) {
+      ::cuda_emu::fail(std::string(what) +
+                       ": lanes of the warp passed different pointers, ldm or layouts");
+    }
+  }
+}
+
+template <class T>
+inline void check_memory(const T* p, unsigned ldm, const char* what) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0) {
+    ::cuda_emu::fail(std::string(what) + ": the pointer must be 256-bit (32-byte) aligned");
+  }
+  if ((ldm * sizeof(T)) % 16 != 0) {
+    ::cuda_emu::fail(std::string(what) + ": ldm must be a multiple of 16 bytes (" +
+                     std::to_string(16 / sizeof(T)) + " elements), got " + std::to_string(ldm));
+  }
+}
+}  // namespace detail
+
+template <class Use, int M, int N, int K, class T, class Layout = void>
+class fragment {
+  using tr = detail::traits<Use, M, N, K, T>;
+  static_assert(std::is_same<Use, accumulator>::value ? std::is_same<Layout, void>::value
+                                                      : (std::is_same<Layout, row_major>::value ||
+                                                         std::is_same<Layout, col_major>::value),
+                "A/B fragments take row_major or col_major, accumulators no layout");
+
+ public:
+  enum { num_elements = tr::elements, num_storage_elements = tr::elements };
+  typedef T element_type;
+  typedef T storage_element_type;
+  T x[num_elements];
+
+  static constexpr int rows = tr::rows, cols = tr::cols, size = tr::size, use = tr::use;
+  static int entry(int i) {
+    return detail::entry<use, size, num_elements>(::cuda_emu::self().lane, i);
+  }
+};
+
+template <class Use, int M, int N, int K, class T, class L>
+inline void fill_fragment(fragment<Use, M, N, K, T, L>& f,
+                          const typename fragment<Use, M, N, K, T, L>::element_type& value) {
+  for (int i = 0; i < f.num_elements; ++i) f.x[i] = value;
+}
+
+template <class F, class T>
+inline void load_entries(F& f, const T* p, unsigned ldm, bool col) {
+  for (int i = 0; i < f.num_elements; ++i) {
+    const int e = F::entry(i), r = e / F::cols, c = e % F::cols;
+    f.x[i] = p[col ? static_cast<size_t>(c) * ldm + r : static_cast<size_t>(r) * ldm + c];
+  }
+}
+
+template <class F, class T>
+inline void sync_call(const F&, const T* p, unsigned ldm, int layout, const char* what) {
+  detail::check_memory(p, ldm, what);
+  detail::matrix_call(detail::call{p, ldm, layout}, what);
+}
+
+template <class Use, int M, int N, int K, class T, class L>
+inline void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const T* p, unsigned ldm) {
+  static_assert(!std::is_same<Use, accumulator>::value, "an accumulator load takes a layout_t");
+  const bool col = std::is_same<L, col_major>::value;
+  load_entries(f, p, ldm, col);  // before the lanes meet: a missing barrier before shows
+  sync_call(f, p, ldm, col, "load_matrix_sync");
+}
+
+template <int M, int N, int K, class T>
+inline void load_matrix_sync(fragment<accumulator, M, N, K, T>& f, const T* p, unsigned ldm,
+                             layout_t layout) {
+  load_entries(f, p, ldm, layout == mem_col_major);
+  sync_call(f, p, ldm, layout == mem_col_major, "load_matrix_sync");
+}
+
+template <int M, int N, int K, class T>
+inline void store_matrix_sync(T* p, const fragment<accumulator, M, N, K, T>& f, unsigned ldm,
+                              layout_t layout) {
+  using F = fragment<accumulator, M, N, K, T>;
+  sync_call(f, p, ldm, layout == mem_col_major, "store_matrix_sync");
+  for (int i = 0; i < f.num_elements; ++i) {  // after the lanes meet: a missing barrier shows
+    const int e = F::entry(i), r = e / F::cols, c = e % F::cols;
+    p[layout == mem_col_major ? static_cast<size_t>(c) * ldm + r : static_cast<size_t>(r) * ldm + c] =
+        f.x[i];
+  }
+}
+
+template <int M, int N, int K, class TAB, class LA, class LB, class TC, class TD>
+inline void mma_sync(fragment<accumulator, M, N, K, TD>& d, const fragment<matrix_a, M, N, K, TAB, LA>& a,
+                     const fragment<matrix_b, M, N, K, TAB, LB>& b,
+                     const fragment<accumulator, M, N, K, TC>& c) {
+  using FA = fragment<matrix_a, M, N, K, TAB, LA>;
+  using FB = fragment<matrix_b, M, N, K, TAB, LB>;
+  using FC = fragment<accumulator, M, N, K, TC>;
+  ::cuda_emu::Fiber& f = ::cuda_emu::self();
+  std::vector<float>& scratch = ::cuda_emu::rt().warps[f.warp].wmma[f.warp_calls & 1];
+  scratch.resize(FA::size + FB::size + FC::size);
+  float *sa = scratch.data(), *sb = sa + FA::size, *sc = sb + FB::size;
+  for (int i = 0; i < a.num_elements; ++i) sa[FA::entry(i)] = static_cast<float>(a.x[i]);
+  for (int i = 0; i < b.num_elements; ++i) sb[FB::entry(i)] = static_cast<float>(b.x[i]);
+  for (int i = 0; i < c.num_elements; ++i) sc[FC::entry(i)] = static_cast<float>(c.x[i]);
+  detail::matrix_call(detail::call{nullptr, 0, 0}, "mma_sync");
+  for (int i = 0; i < d.num_elements; ++i) {  // c may be d: its entries are read from scratch
+    const int e = FC::entry(i), r = e / N, col = e % N;
+    float acc = sc[e];
+    for (int k = 0; k < K; ++k) acc += sa[r * K + k] * sb[k * N + col];
+    d.x[i] = TD(acc);
+  }
+}
+}  // namespace wmma
+}  // namespace nvcuda

@@ -3,6 +3,7 @@
 // the real compiler accepts.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <mma.h>
 
 #define FULL 0xffffffffu
 
@@ -148,4 +149,56 @@ extern "C" __global__ void absent_lane(int* out) {  // launch with 40 threads: w
 extern "C" __global__ void exited_lane(int* out) {
   if (threadIdx.x == 1) return;
   out[threadIdx.x] = __shfl_sync(0xfffffffdu, static_cast<int>(threadIdx.x), 1);
+}
+
+// ---- WMMA: one warp, D = 2·(A·B + C) for a 16×16×16 tile, D stored column-major ----------------
+// A (16, lda) and B (16, ldb) are read row- or column-major as the fragment's layout says; the
+// factor 2 is applied element by element to the accumulator (the same operation on every element:
+// the only kind that is defined when the entries a lane holds are unspecified).
+template <class T, class LA, class LB>
+__global__ void wmma_gemm(const T* a, const T* b, const float* c, float* d, int lda, int ldb,
+                          int ldc) {
+  using namespace nvcuda;
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, T, LA> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, T, LB> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> fc;
+  wmma::load_matrix_sync(fa, a, lda);
+  wmma::load_matrix_sync(fb, b, ldb);
+  wmma::load_matrix_sync(fc, c, ldc, wmma::mem_row_major);
+  wmma::mma_sync(fc, fa, fb, fc);
+  for (int i = 0; i < fc.num_elements; ++i) fc.x[i] *= 2.0f;
+  wmma::store_matrix_sync(d, fc, 16, wmma::mem_col_major);
+}
+
+// Two products accumulated into one fragment that starts at zero, through shared memory: the
+// warp stages A from global memory, __syncwarp, loads it from shared memory.
+extern "C" __global__ void wmma_chain(const __half* a, const __half* b, float* d) {
+  using namespace nvcuda;
+  __shared__ __align__(32) __half sa[16 * 24];
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+  wmma::fill_fragment(acc, 0.0f);
+  for (int step = 0; step < 2; ++step) {
+    for (int e = threadIdx.x; e < 256; e += 32) sa[(e / 16) * 24 + e % 16] = a[step * 256 + e];
+    __syncwarp();
+    wmma::load_matrix_sync(fa, sa, 24);
+    wmma::load_matrix_sync(fb, b + step * 256, 16);
+    wmma::mma_sync(acc, fa, fb, acc);
+    __syncwarp();  // every lane has loaded sa before the next step overwrites it
+  }
+  wmma::store_matrix_sync(d, acc, 16, wmma::mem_row_major);
+}
+
+// Undefined on a GPU (alignment, ldm, divergent arguments, a partial warp): the emulator fails.
+extern "C" __global__ void wmma_misuse(const __half* a, float* d, int what) {
+  using namespace nvcuda;
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
+  const __half* p = a;
+  unsigned ldm = 16;
+  if (what == 0) p = a + 1;                     // 2 bytes off a 32-byte boundary
+  if (what == 1) ldm = 12;                      // 24 bytes
+  if (what == 2) p = a + 16 * (threadIdx.x & 1);  // lanes disagree
+  wmma::load_matrix_sync(fa, p, ldm);
+  d[threadIdx.x] = __half2float(fa.x[0]);
 }
