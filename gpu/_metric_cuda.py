@@ -38,6 +38,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gpu._cupy import MAX_GRID_YZ
+from gpu._launch_common import KERNEL_SUFFIX, aligned16, new_output
 from gpu.kernels import (
     BLOCKS,
     METRIC_HEAD_DIMS,
@@ -49,14 +51,15 @@ from gpu.kernels import (
 )
 from gpu.mask import SparseMask
 from gpu.metric import packed_size, unpack_symmetric
+from gpu.reference import _per_head
 
 __all__ = ["Launcher", "launcher", "metric_attention_cuda", "poison_outputs", "unsupported_reason"]
 
 # without a mask: 512 threads; at k = 128, 81 KB (float32 forward), 84 KB (half forward) and
 # 130 KB (backward) of shared memory
 DEFAULT_BLOCK = 64
-MAX_GRID_Y = 65535  # b·h is the grid's y dimension
-SUFFIX = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}  # METRIC_TYPES
+MAX_GRID_Y = MAX_GRID_YZ  # b·h is the grid's y dimension
+SUFFIX = KERNEL_SUFFIX  # METRIC_TYPES
 KERNEL_DTYPES = tuple(SUFFIX)
 poison_outputs = os.environ.get("FLOWGRAPH_POISON_OUTPUTS") == "1"
 
@@ -145,11 +148,6 @@ def bwd_config(dtype: torch.dtype, block: int, d: int) -> tuple[int, int]:
     return metric_attention_bwd_wmma_config(block, d)
 
 
-def _aligned(t: torch.Tensor) -> torch.Tensor:
-    """``t``, or a copy when its address is not 16-byte aligned (the WMMA kernels' row loads)."""
-    return t.clone() if t.data_ptr() % 16 else t
-
-
 # --- validation right before a launch -----------------------------------------------------------
 def _check_float(name: str, t: torch.Tensor, shape: tuple[int, ...], like: torch.Tensor) -> None:
     if tuple(t.shape) != shape:
@@ -216,9 +214,7 @@ def _check_launch(
 
 
 def _output(shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    if poison_outputs:
-        return torch.full(shape, float("nan"), dtype=dtype, device=like.device)
-    return torch.empty(shape, dtype=dtype, device=like.device)
+    return new_output(shape, dtype, like.device, poison=poison_outputs)
 
 
 def _grid(n: int, block: int, bh: int) -> tuple[int, int, int]:
@@ -246,7 +242,7 @@ def _fwd(
     _check_launch(p, m_packed, q_indptr, q_indices, q_slots, bits, perm, block)
     b, h, n, d = p.shape
     if p.dtype != torch.float32:
-        p = _aligned(p)
+        p = aligned16(p)
     out = _output((b, h, n, d), p, p.dtype)
     lse = _output((b, h, n), p, torch.float32)
     threads, shared = fwd_config(p.dtype, block, d)
@@ -283,7 +279,7 @@ def _bwd(
     q = torch.matmul(p32, m_hkk)  # (b, h, n, d) = p·M, recomputed, not saved
     if p.dtype != torch.float32:  # the tensor-core forward scored with q rounded to the dtype:
         q = q.to(p.dtype)  # the backward recomputes the same probabilities, on tensor cores
-        p, dout = _aligned(p), _aligned(dout)
+        p, dout = aligned16(p), aligned16(dout)
     q = q.contiguous()
     delta = torch.linalg.vecdot(dout.float(), out.float()).contiguous()  # rowsum(dout ∘ out)
     dkv = _output((b, h, n, d), p, torch.float32)
@@ -325,11 +321,6 @@ _fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 # --- the entry point ----------------------------------------------------------------------------
-def _per_head(x_bhnd: torch.Tensor, index_hn: torch.Tensor) -> torch.Tensor:
-    b, h, n, d = x_bhnd.shape
-    return x_bhnd.gather(2, index_hn.long()[None, :, :, None].expand(b, h, n, d))
-
-
 def _pad_metric(m_packed_hl: torch.Tensor, k: int, d: int) -> torch.Tensor:
     """The packed k×k metrics as packed d×d ones, zero outside the k×k corner (differentiable)."""
     m_hdd = F.pad(unpack_symmetric(m_packed_hl, k), (0, d - k, 0, d - k))

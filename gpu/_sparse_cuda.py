@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from gpu import _cupy
+from gpu._launch_common import KERNEL_SUFFIX, aligned16, new_output
 from gpu.kernels import (
     BLOCKS,
     HEAD_DIMS,
@@ -30,11 +31,12 @@ from gpu.kernels import (
     sparse_bwd_keys,
 )
 from gpu.mask import SparseMask
+from gpu.reference import _per_head
 
 __all__ = ["DTYPES", "sparse_attention", "supports"]
 
 SOURCE = "sparse_attention.cu"
-DTYPES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
+DTYPES = KERNEL_SUFFIX
 MAX_GRID_Y = _cupy.MAX_GRID_YZ
 
 # How kernels are fetched, tensors passed and launches made: CuPy on a GPU. The emulation tests
@@ -50,9 +52,7 @@ def _output(like: torch.Tensor, shape=None, dtype=None) -> torch.Tensor:
     """A fresh output buffer like ``like`` (NaN-filled when poison_outputs is set)."""
     shape = like.shape if shape is None else shape
     dtype = like.dtype if dtype is None else dtype
-    if poison_outputs:
-        return torch.full(shape, float("nan"), dtype=dtype, device=like.device)
-    return torch.empty(shape, dtype=dtype, device=like.device)
+    return new_output(shape, dtype, like.device, poison=poison_outputs)
 
 
 def supports(q_bhnd: torch.Tensor) -> bool:
@@ -81,12 +81,8 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: SparseMask) 
 
 
 def _kernel_input(x: torch.Tensor) -> torch.Tensor:
-    """x as the kernels read it: contiguous, its base 16-byte aligned (the half kernels copy rows
-    in 16-byte pieces; a contiguous view can start anywhere in its storage)."""
-    x = x.contiguous()
-    if x.data_ptr() % 16:
-        x = x.clone()
-    return x
+    """x as the kernels read it: contiguous, its base 16-byte aligned."""
+    return aligned16(x.contiguous())
 
 
 def _chunks(bh: int, heads: int) -> list[tuple[int, int]]:
@@ -223,12 +219,6 @@ def _backward(ctx, dout, _dlse):
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-def _per_head(x_bhnd: torch.Tensor, index_hn: torch.Tensor) -> torch.Tensor:
-    """x[:, h, index[h, i]] at position i (index has one head for all, or h)."""
-    b, h, n, d = x_bhnd.shape
-    return x_bhnd.gather(2, index_hn.long()[None, :, :, None].expand(b, h, n, d))
 
 
 def _apply(

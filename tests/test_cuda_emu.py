@@ -15,16 +15,14 @@ import numpy as np
 import pytest
 import torch
 from cuda_emu import HERE, KERNELS, EmuError, load
+from cuda_emu.testing import mask_case, needs_cxx
 
 import flowgraph as fg
 import gpu
 from gpu.mask import SparseMask
-from gpu.reference import sparse_attention_reference
+from gpu.reference import _per_head, sparse_attention_reference
 
-pytestmark = pytest.mark.skipif(
-    shutil.which(os.environ.get("CXX", "g++")) is None and os.environ.get("CI") != "true",
-    reason="no C++ compiler on PATH (with CI=true these tests run and fail instead)",
-)
+pytestmark = needs_cxx
 HAS_NVCC = shutil.which("nvcc") is not None
 needs_nvcc = pytest.mark.skipif(
     not HAS_NVCC and os.environ.get("CI") != "true",
@@ -340,11 +338,6 @@ def attention():
     return module
 
 
-def _per_head(x: torch.Tensor, index_hn: torch.Tensor) -> torch.Tensor:
-    b, h, n, d = x.shape
-    return x.gather(2, index_hn.long()[None, :, :, None].expand(b, h, n, d))
-
-
 def emulated_forward(module, q, k, v, mask, scale, seed=0):
     """What the CuPy launcher will do, with the emulator in place of the GPU: permute, launch on
     poisoned outputs, un-permute. Returns (out, lse) in token order."""
@@ -367,18 +360,6 @@ def emulated_forward(module, q, k, v, mask, scale, seed=0):
     return out, lse
 
 
-def _masks(kind: str, heads: int, n: int, rng) -> tuple[np.ndarray, np.ndarray | None]:
-    if kind == "random":
-        masks = rng.random((heads, n, n)) < 0.3
-        masks[:, rng.random(n) < 0.2] = False  # empty rows
-        return masks, None
-    if kind == "permuted":
-        return rng.random((heads, n, n)) < 0.2, rng.permutation(n)
-    if kind == "causal":  # full tiles below the diagonal, partial ones on it
-        return np.broadcast_to(np.tril(np.ones((n, n), dtype=bool)), (heads, n, n)), None
-    return np.zeros((heads, n, n), dtype=bool), None  # nothing allowed
-
-
 @pytest.mark.parametrize(
     ("block", "d", "n", "b", "h", "mask_heads", "kind"),
     [
@@ -395,7 +376,7 @@ def _masks(kind: str, heads: int, n: int, rng) -> tuple[np.ndarray, np.ndarray |
 )
 def test_forward_kernel_matches_the_reference(attention, block, d, n, b, h, mask_heads, kind):
     rng = np.random.default_rng(block * n + d)
-    masks, perm = _masks(kind, mask_heads, n, rng)
+    masks, perm = mask_case(kind, mask_heads, n, rng)
     mask = SparseMask.from_masks(masks, block=block, permute=perm)
     q, k, v = (torch.from_numpy(rng.standard_normal((b, h, n, d))).float() for _ in range(3))
     ref, ref_lse = sparse_attention_reference(

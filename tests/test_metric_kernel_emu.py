@@ -15,13 +15,12 @@ launcher, and the launch configuration helpers."""
 from __future__ import annotations
 
 import math
-import os
-import shutil
 
 import numpy as np
 import pytest
 import torch
 from cuda_emu import KERNELS, load
+from cuda_emu.testing import SUFFIX, needs_cxx
 
 import flowgraph as fg
 from gpu.kernels import (
@@ -34,11 +33,9 @@ from gpu.kernels import (
 )
 from gpu.mask import SparseMask
 from gpu.metric import metric_attention_reference, packed_size, unpack_symmetric
+from gpu.reference import _per_head
 
-pytestmark = pytest.mark.skipif(
-    shutil.which(os.environ.get("CXX", "g++")) is None and os.environ.get("CI") != "true",
-    reason="no C++ compiler on PATH (with CI=true these tests run and fail instead)",
-)
+pytestmark = needs_cxx
 i32 = np.int32
 
 
@@ -46,14 +43,6 @@ i32 = np.int32
 def metric():
     # every instantiation: the same build test_kernels_compile's emulator test makes (cached)
     return load(KERNELS / "metric_attention.cu", NAME_EXPRESSIONS["metric_attention.cu"])
-
-
-def _per_head(x: torch.Tensor, index_hn: torch.Tensor) -> torch.Tensor:
-    b, h, n, d = x.shape
-    return x.gather(2, index_hn.long()[None, :, :, None].expand(b, h, n, d))
-
-
-SUFFIX = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 
 
 def emulated_forward(

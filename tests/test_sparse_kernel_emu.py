@@ -9,13 +9,11 @@ WMMA fragments against numpy, and their refusals of what CUDA leaves undefined."
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import numpy as np
 import pytest
 import torch
 from cuda_emu import HERE, KERNELS, EmuError, load
+from cuda_emu.testing import SUFFIX, mask_case, needs_cxx
 
 import flowgraph as fg
 from gpu.kernels import (
@@ -27,14 +25,10 @@ from gpu.kernels import (
     sparse_bwd_keys,
 )
 from gpu.mask import SparseMask
-from gpu.reference import sparse_attention_reference
+from gpu.reference import _per_head, sparse_attention_reference
 
-pytestmark = pytest.mark.skipif(
-    shutil.which(os.environ.get("CXX", "g++")) is None and os.environ.get("CI") != "true",
-    reason="no C++ compiler on PATH (with CI=true these tests run and fail instead)",
-)
+pytestmark = needs_cxx
 i32 = np.int32
-SUFFIX = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 BOUND = {torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 2e-2}
 
 
@@ -42,11 +36,6 @@ BOUND = {torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 2e-2}
 def sparse():
     # every instantiation: the same build test_kernels_compile's emulator test makes (cached)
     return load(KERNELS / "sparse_attention.cu", NAME_EXPRESSIONS["sparse_attention.cu"])
-
-
-def _per_head(x: torch.Tensor, index_hn: torch.Tensor) -> torch.Tensor:
-    b, h, n, d = x.shape
-    return x.gather(2, index_hn.long()[None, :, :, None].expand(b, h, n, d))
 
 
 def _forward_config(dtype, block, d):
@@ -111,19 +100,6 @@ def emulated_backward(module, q, k, v, dout, mask, scale, seed=0):
     return grads
 
 
-def _masks(kind: str, heads: int, n: int, rng) -> tuple[np.ndarray, np.ndarray | None]:
-    if kind == "random":
-        masks = rng.random((heads, n, n)) < 0.3
-        masks[:, rng.random(n) < 0.2] = False  # empty rows
-        masks[:, :, rng.random(n) < 0.1] = False  # keys nobody sees
-        return masks, None
-    if kind == "permuted":
-        return rng.random((heads, n, n)) < 0.2, rng.permutation(n)
-    if kind == "causal":  # full tiles below the diagonal, partial ones on it
-        return np.broadcast_to(np.tril(np.ones((n, n), dtype=bool)), (heads, n, n)), None
-    return np.zeros((heads, n, n), dtype=bool), None  # nothing allowed
-
-
 def _inputs(rng, shape, dtype, count):
     return [torch.from_numpy(rng.standard_normal(shape)).to(dtype) for _ in range(count)]
 
@@ -154,7 +130,7 @@ def test_forward_and_backward_match_the_reference(
     sparse, dtype, block, d, n, b, h, mask_heads, kind
 ):
     rng = np.random.default_rng(block * n + d + len(kind))
-    masks, perm = _masks(kind, mask_heads, n, rng)
+    masks, perm = mask_case(kind, mask_heads, n, rng, unseen_keys=True)
     mask = SparseMask.from_masks(masks, block=block, permute=perm)
     q, k, v, dout = _inputs(rng, (b, h, n, d), dtype, 4)
     q64, k64, v64 = (x.double().requires_grad_() for x in (q, k, v))

@@ -47,17 +47,6 @@ __device__ __forceinline__ float metric_at(const T* __restrict__ m, int i, int j
   return as_float(m[a * D - a * (a - 1) / 2 + (c - a)]);
 }
 
-// rows first_row .. first_row+B−1 of a (n, D) matrix of T into a (B, D+1) float shared tile,
-// converted on the way, zeros past n (load_tile of tile_common.cuh, for any element type)
-template <int B, int D, class T>
-__device__ __forceinline__ void load_tile_f(float* __restrict__ tile, const T* __restrict__ src,
-                                            int first_row, int n) {
-  for (int e = threadIdx.x; e < B * D; e += B * kLanes) {
-    const int r = e / D, c = e % D, row = first_row + r;
-    tile[r * (D + 1) + c] = row < n ? as_float(src[static_cast<long long>(row) * D + c]) : 0.0f;
-  }
-}
-
 }  // namespace
 
 template <int B, int D, class T>
@@ -95,7 +84,7 @@ __device__ __forceinline__ void metric_fwd(const T* __restrict__ p, const T* __r
   const float scale2 = scale * kLog2e;  // scores in base 2
 
   // q = p·M for this block's rows: stage p, each lane forms its D/8 columns of its row
-  load_tile_f<B, D>(skv, p + base, qb * B, n);
+  load_tile<B, D>(skv, p + base, qb * B, n);
   __syncthreads();
 #pragma unroll
   for (int cc = 0; cc < COLS; ++cc) {
@@ -118,57 +107,30 @@ __device__ __forceinline__ void metric_fwd(const T* __restrict__ p, const T* __r
     const int kb = masked ? kv_indices[t] : t;
     const int slot = masked ? kv_slots[t] : -1;
     __syncthreads();  // the previous tile is consumed (and sq is written, the first time)
-    load_tile_f<B, D>(skv, p + base, kb * B, n);
+    load_tile<B, D>(skv, p + base, kb * B, n);
     __syncthreads();
 
     const unsigned* row_bits =
         slot < 0 ? nullptr : bits + (static_cast<long long>(slot) * B + r) * W;
-    float s[KEYS], tile_max = neg_inf();
+    float s[KEYS];
 #pragma unroll
     for (int j = 0; j < KEYS; ++j) {
       const int key = g + j * kLanes, pos = kb * B + key;
-      bool on = pos < n && (row_bits == nullptr || ((row_bits[key >> 5] >> (key & 31)) & 1u));
+      bool on = pos < n && (row_bits == nullptr || mask_bit(row_bits, key));
       if (on && causal) on = (tokens == nullptr ? pos : tokens[pos]) <= row_token;
-      float dot = 0.0f;
-      if (on) {
-#pragma unroll 8
-        for (int c = 0; c < D; ++c) dot += sq[r * QS + c] * skv[key * QS + c];
-      }
-      s[j] = on ? dot * scale2 : neg_inf();
-      tile_max = fmaxf(tile_max, s[j]);
+      s[j] = on ? row_dot<D>(sq + r * QS, skv + key * QS) * scale2 : neg_inf();
     }
-    const float m_new = fmaxf(mx, row_max(tile_max));
-    const float alpha = m_new == neg_inf() ? 1.0f : exp2f(mx - m_new);
-    float sum = 0.0f;
-#pragma unroll
-    for (int j = 0; j < KEYS; ++j) {
-      const float prob = s[j] == neg_inf() ? 0.0f : exp2f(s[j] - m_new);
-      sp[r * PS + g + j * kLanes] = prob;
-      sum += prob;
-    }
-    l = l * alpha + row_sum(sum);
-    mx = m_new;
+    const float alpha = online_softmax(s, mx, l, sp + r * PS, g);
 #pragma unroll
     for (int c = 0; c < COLS; ++c) acc[c] *= alpha;
 
     __syncwarp();  // the row's probabilities, written by its eight lanes, are visible to them
-    for (int key = 0; key < B; ++key) {
-      const float prob = sp[r * PS + key];
-      if (prob != 0.0f) {
-#pragma unroll
-        for (int c = 0; c < COLS; ++c) acc[c] += prob * skv[key * QS + g + c * kLanes];
-      }
-    }
+    accumulate_pv<B, D>(acc, sp + r * PS, skv, g);
     // the next tile's __syncthreads comes before its probabilities overwrite the row
   }
 
   if (row < n) {
-    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-#pragma unroll
-    for (int c = 0; c < COLS; ++c) {
-      out[base + static_cast<long long>(row) * D + g + c * kLanes] = float_to<T>(acc[c] * inv);
-    }
-    if (g == 0) lse[bh * n + row] = l > 0.0f ? (mx + log2f(l)) * kLn2 : neg_inf();
+    write_row(out + base + static_cast<long long>(row) * D, lse + bh * n + row, acc, mx, l, g);
   }
 }
 
@@ -232,7 +194,7 @@ __device__ __forceinline__ void metric_bwd(const T* __restrict__ p, const float*
   const long long base = bh * n * D;
   const float scale2 = scale * kLog2e;
 
-  load_tile_f<KB, D>(skv, p + base, kb * B + ko, n);
+  load_tile<KB, D>(skv, p + base, kb * B + ko, n);
   float acc[COLS];
 #pragma unroll
   for (int cc = 0; cc < COLS; ++cc) acc[cc] = 0.0f;
@@ -251,12 +213,8 @@ __device__ __forceinline__ void metric_bwd(const T* __restrict__ p, const float*
       if (!masked && causal && first + KB <= kb * B + ko) continue;
       __syncthreads();  // the previous chunk's dq step is done (and skv loaded, the first time)
       load_tile<KB, D>(sq, q + base, first, n);
-      load_tile_f<KB, D>(sdo, dout + base, first, n);
-      if (threadIdx.x < KB) {
-        const int row = first + threadIdx.x;
-        slse[threadIdx.x] = row < n ? lse[bh * n + row] * kLog2e : neg_inf();
-        sdelta[threadIdx.x] = row < n ? delta[bh * n + row] : 0.0f;
-      }
+      load_tile<KB, D>(sdo, dout + base, first, n);
+      load_chunk_stats<KB>(slse, sdelta, lse + bh * n, delta + bh * n, first, n);
       __syncthreads();
 
 #pragma unroll
@@ -264,20 +222,13 @@ __device__ __forceinline__ void metric_bwd(const T* __restrict__ p, const float*
         const int r = g + j * kLanes, row = first + r;
         bool on = key < n && row < n && slse[r] != neg_inf();
         if (on && slot >= 0) {
-          const long long word = (static_cast<long long>(slot) * B + qo + r) * W + (kc >> 5);
-          on = (bits[word] >> (kc & 31)) & 1u;
+          on = mask_bit(bits + (static_cast<long long>(slot) * B + qo + r) * W, kc);
         }
         if (on && causal) on = key_token <= (tokens == nullptr ? row : tokens[row]);
         float prob = 0.0f, ds = 0.0f;
         if (on) {
-          float s = 0.0f, dp = 0.0f;
-#pragma unroll 8
-          for (int d = 0; d < D; ++d) {
-            s += sq[r * QS + d] * skv[c * QS + d];
-            dp += sdo[r * QS + d] * skv[c * QS + d];
-          }
-          prob = exp2f(s * scale2 - slse[r]);
-          ds = prob * (dp - sdelta[r]);
+          prob_and_ds<D>(sq + r * QS, skv + c * QS, sdo + r * QS, skv + c * QS, scale2, slse[r],
+                         sdelta[r], prob, ds);
         }
         sP[c * PS + r] = prob;
         sdS[c * PS + r] = ds;
@@ -297,13 +248,7 @@ __device__ __forceinline__ void metric_bwd(const T* __restrict__ p, const float*
 
       const int r = c, row = first + r;  // now: query row r of the chunk, same lanes
       if (row < n) {
-#pragma unroll
-        for (int cc = 0; cc < COLS; ++cc) {
-          const int col = g + cc * kLanes;
-          float v = 0.0f;
-          for (int k = 0; k < KB; ++k) v += sdS[k * PS + r] * skv[k * QS + col];
-          if (v != 0.0f) atomicAdd(dq + base + static_cast<long long>(row) * D + col, v * scale);
-        }
+        add_dq_row<KB, D>(dq + base + static_cast<long long>(row) * D, sdS, skv, r, g, scale);
       }
     }
   }
@@ -346,7 +291,6 @@ __device__ __forceinline__ void metric_fwd_wmma(
   constexpr int SS = B + 4;   // float score pitch
   constexpr int PS = 2 * SS;  // T probability pitch: row r of P starts where score row r does
   constexpr int OS = D + 4;   // float output pitch
-  constexpr int TB = B / 16, TD = D / 16;
   constexpr int L = D * (D + 1) / 2;
   FG_DYNAMIC_SHARED(unsigned char, smem);
   T* sq = reinterpret_cast<T*>(smem);                  // (B, D+8): this block's p, then q = p·M
@@ -371,7 +315,7 @@ __device__ __forceinline__ void metric_fwd_wmma(
   // q = p·M: the row's lanes read their p row, then (after __syncwarp: only they read it)
   // overwrite it with their D/8 columns of q
   load_rows16<B, D, HS, THREADS>(sq, p + base, qb * B, n);
-  for (int e = threadIdx.x; e < B * D; e += THREADS) so[(e / D) * OS + e % D] = 0.0f;
+  zero_tile<B, D, OS, THREADS>(so);
   __syncthreads();
   float qv[COLS];
 #pragma unroll
@@ -396,62 +340,29 @@ __device__ __forceinline__ void metric_fwd_wmma(
     __syncthreads();  // the previous P·p is done with skv and sp (sq and so ready, the first time)
     load_rows16<B, D, HS, THREADS>(skv, p + base, kb * B, n);
     __syncthreads();
-    for (int tile = warp; tile < TB * TB; tile += WARPS) {  // S = q·pᵀ
-      const int i = tile / TB, j = tile % TB;
-      frag_acc acc;
-      wmma::fill_fragment(acc, 0.0f);
-      mma_abt<T, D>(acc, sq + i * 16 * HS, HS, skv + j * 16 * HS, HS);
-      wmma::store_matrix_sync(ss + i * 16 * SS + j * 16, acc, SS, wmma::mem_row_major);
-    }
+    tiles_abt<T, B, B, D, WARPS>(ss, SS, sq, HS, skv, HS, warp);  // S = q·pᵀ
     __syncthreads();  // the scores are in ss; skv stays: it is the values too
 
     const unsigned* row_bits =
         slot < 0 ? nullptr : bits + (static_cast<long long>(slot) * B + r) * W;
-    float s[KEYS], tile_max = neg_inf();
+    float s[KEYS];
 #pragma unroll
     for (int j = 0; j < KEYS; ++j) {
       const int key = g + j * kLanes, pos = kb * B + key;
-      bool on = pos < n && (row_bits == nullptr || ((row_bits[key >> 5] >> (key & 31)) & 1u));
+      bool on = pos < n && (row_bits == nullptr || mask_bit(row_bits, key));
       if (on && causal) on = (tokens == nullptr ? pos : tokens[pos]) <= row_token;
       s[j] = on ? ss[r * SS + key] * scale2 : neg_inf();
-      tile_max = fmaxf(tile_max, s[j]);
     }
-    // row_max is a warp-synchronous call of the row's lanes: all of them have read their
-    // scores before any overwrites the row with probabilities
-    const float m_new = fmaxf(mx, row_max(tile_max));
-    const float alpha = m_new == neg_inf() ? 1.0f : exp2f(mx - m_new);
-    float sum = 0.0f;
-#pragma unroll
-    for (int j = 0; j < KEYS; ++j) {
-      const T prob = float_to<T>(s[j] == neg_inf() ? 0.0f : exp2f(s[j] - m_new));
-      sp[r * PS + g + j * kLanes] = prob;
-      sum += as_float(prob);  // the rounded value: the one P·p multiplies
-    }
-    l = l * alpha + row_sum(sum);
-    mx = m_new;
-    if (alpha != 1.0f) {
-#pragma unroll
-      for (int c = 0; c < COLS; ++c) so[r * OS + g + c * kLanes] *= alpha;
-    }
+    const float alpha = online_softmax(s, mx, l, sp + r * PS, g);  // P over the score row
+    scale_row<COLS>(so + r * OS, alpha, g);
     __syncthreads();  // P and the rescaled O are in shared memory
-    for (int tile = warp; tile < TB * TD; tile += WARPS) {  // O += P·p
-      const int i = tile / TD, j = tile % TD;
-      frag_acc acc;
-      wmma::load_matrix_sync(acc, so + i * 16 * OS + j * 16, OS, wmma::mem_row_major);
-      mma_ab<T, B>(acc, sp + i * 16 * PS, PS, skv + j * 16, HS);
-      wmma::store_matrix_sync(so + i * 16 * OS + j * 16, acc, OS, wmma::mem_row_major);
-    }
+    tiles_add_ab<T, B, D, B, WARPS>(so, OS, sp, PS, skv, HS, warp);  // O += P·p
   }
   __syncthreads();  // the last P·p is in so
 
   if (row < n) {
-    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-#pragma unroll
-    for (int c = 0; c < COLS; ++c) {
-      const int col = g + c * kLanes;
-      out[base + static_cast<long long>(row) * D + col] = float_to<T>(so[r * OS + col] * inv);
-    }
-    if (g == 0) lse[bh * n + row] = l > 0.0f ? (mx + log2f(l)) * kLn2 : neg_inf();
+    write_row_from<COLS>(out + base + static_cast<long long>(row) * D, lse + bh * n + row,
+                         so + r * OS, mx, l, g);
   }
 }
 
@@ -478,8 +389,7 @@ __device__ __forceinline__ void metric_bwd_wmma(
   constexpr int THREADS = KB * kLanes, WARPS = THREADS / 32;
   constexpr int W = (B + 31) / 32, QUERIES = KB / kLanes;
   constexpr int HS = D + 8, FS = KB + 4, PS = 2 * FS, OS = D + 4;
-  constexpr int TK = KB / 16, TD = D / 16;
-  constexpr int OWN = (TK * TD + WARPS - 1) / WARPS;  // dkv tiles per warp
+  constexpr int OWN = ((KB / 16) * (D / 16) + WARPS - 1) / WARPS;  // dkv tiles per warp
   FG_DYNAMIC_SHARED(unsigned char, smem);
   T* skv = reinterpret_cast<T*>(smem);                    // (KB, D+8): this block's p rows
   T* sq = skv + KB * HS;                                  // (KB, D+8): the query chunk's q
@@ -524,20 +434,10 @@ __device__ __forceinline__ void metric_bwd_wmma(
       __syncthreads();  // the previous chunk is done with sq, sdo, spt, sdst and sdq
       load_rows16<KB, D, HS, THREADS>(sq, q + base, first, n);
       load_rows16<KB, D, HS, THREADS>(sdo, dout + base, first, n);
-      if (threadIdx.x < KB) {
-        const int row = first + threadIdx.x;
-        slse[threadIdx.x] = row < n ? lse[bh * n + row] * kLog2e : neg_inf();
-        sdelta[threadIdx.x] = row < n ? delta[bh * n + row] : 0.0f;
-      }
+      load_chunk_stats<KB>(slse, sdelta, lse + bh * n, delta + bh * n, first, n);
       __syncthreads();
-      for (int job = warp; job < 2 * TK * TK; job += WARPS) {  // Sᵀ = p·qᵀ, dPᵀ = p·doutᵀ
-        const int which = job / (TK * TK), i = (job / TK) % TK, j = job % TK;
-        frag_acc f;
-        wmma::fill_fragment(f, 0.0f);
-        mma_abt<T, D>(f, skv + i * 16 * HS, HS, (which ? sdo : sq) + j * 16 * HS, HS);
-        wmma::store_matrix_sync((which ? sdpt : sst) + i * 16 * FS + j * 16, f, FS,
-                                wmma::mem_row_major);
-      }
+      // Sᵀ = p·qᵀ, dPᵀ = p·doutᵀ
+      tiles_abt2<T, KB, KB, D, WARPS>(sst, sdpt, FS, skv, skv, HS, sq, sdo, HS, warp);
       __syncthreads();
 
       float prob[QUERIES], ds[QUERIES];
@@ -546,8 +446,7 @@ __device__ __forceinline__ void metric_bwd_wmma(
         const int r = g + j * kLanes, row = first + r;
         bool on = key < n && row < n && slse[r] != neg_inf();
         if (on && slot >= 0) {
-          const long long word = (static_cast<long long>(slot) * B + qo + r) * W + (kc >> 5);
-          on = (bits[word] >> (kc & 31)) & 1u;
+          on = mask_bit(bits + (static_cast<long long>(slot) * B + qo + r) * W, kc);
         }
         if (on && causal) on = key_token <= (tokens == nullptr ? row : tokens[row]);
         prob[j] = on ? exp2f(sst[c * FS + r] * scale2 - slse[r]) : 0.0f;
@@ -560,45 +459,19 @@ __device__ __forceinline__ void metric_bwd_wmma(
         sdst[c * PS + g + j * kLanes] = float_to<T>(ds[j]);
       }
       __syncthreads();
-#pragma unroll
-      for (int o = 0; o < OWN; ++o) {  // dkv += Pᵀ·dout + (scale·dS)ᵀ·q on this warp's tiles
-        const int tile = warp + o * WARPS;
-        if (tile < TK * TD) {
-          const int i = tile / TD, j = tile % TD;
-          mma_ab<T, KB>(acc[o], spt + i * 16 * PS, PS, sdo + j * 16, HS);
-          mma_ab<T, KB>(acc[o], sdst + i * 16 * PS, PS, sq + j * 16, HS);
-        }
-      }
-      for (int tile = warp; tile < TK * TD; tile += WARPS) {  // the chunk's dq = (scale·dS)·p
-        const int i = tile / TD, j = tile % TD;
-        frag_acc f;
-        wmma::fill_fragment(f, 0.0f);
-        mma_atb<T, KB>(f, sdst + i * 16, PS, skv + j * 16, HS);
-        wmma::store_matrix_sync(sdq + i * 16 * OS + j * 16, f, OS, wmma::mem_row_major);
-      }
+      // dkv += Pᵀ·dout + (scale·dS)ᵀ·q on this warp's tiles, then the chunk's dq = (scale·dS)·p
+      own_add_ab<T, KB, D, KB, WARPS>(acc, spt, PS, sdo, HS, warp);
+      own_add_ab<T, KB, D, KB, WARPS>(acc, sdst, PS, sq, HS, warp);
+      tiles_atb<T, KB, D, KB, WARPS>(sdq, OS, sdst, PS, skv, HS, warp);
       __syncthreads();
-      for (int e = threadIdx.x; e < KB * D; e += THREADS) {
-        const int r = e / D, col = e % D, row = first + r;
-        const float x = sdq[r * OS + col];
-        if (row < n && x != 0.0f) atomicAdd(dq + base + static_cast<long long>(row) * D + col, x);
-      }
+      atomic_add_rows<KB, D, OS, THREADS>(dq + base, sdq, first, n, 1.0f);  // dS has the scale
     }
   }
 
   __syncthreads();  // the last chunk's atomics are done with sdq
-#pragma unroll
-  for (int o = 0; o < OWN; ++o) {
-    const int tile = warp + o * WARPS;
-    if (tile < TK * TD) {
-      const int i = tile / TD, j = tile % TD;
-      wmma::store_matrix_sync(sdq + i * 16 * OS + j * 16, acc[o], OS, wmma::mem_row_major);
-    }
-  }
+  own_store<KB, D, WARPS>(sdq, OS, acc, warp);
   __syncthreads();
-  for (int e = threadIdx.x; e < KB * D; e += THREADS) {
-    const int r = e / D, col = e % D, row = kb * B + ko + r;
-    if (row < n) dkv[base + static_cast<long long>(row) * D + col] = sdq[r * OS + col];
-  }
+  store_rows<KB, D, OS, THREADS>(dkv + base, sdq, kb * B + ko, n, 1.0f);
 }
 
 }  // namespace

@@ -70,51 +70,26 @@ __global__ void __launch_bounds__(B * 8)
     __syncthreads();
 
     const unsigned* row_bits = bits + (static_cast<long long>(slot < 0 ? 0 : slot) * B + r) * W;
-    float s[KEYS], tile_max = neg_inf();
+    float s[KEYS];
 #pragma unroll
     for (int j = 0; j < KEYS; ++j) {
       const int key = g + j * kLanes;
-      const bool on = slot < 0 || ((row_bits[key >> 5] >> (key & 31)) & 1u);
-      float dot = 0.0f;
-      if (on) {
-#pragma unroll 8
-        for (int c = 0; c < D; ++c) dot += sq[r * QS + c] * skv[key * QS + c];
-      }
-      s[j] = on ? dot * scale2 : neg_inf();
-      tile_max = fmaxf(tile_max, s[j]);
+      const bool on = slot < 0 || mask_bit(row_bits, key);
+      s[j] = on ? row_dot<D>(sq + r * QS, skv + key * QS) * scale2 : neg_inf();
     }
-    const float m_new = fmaxf(m, row_max(tile_max));
-    const float alpha = m_new == neg_inf() ? 1.0f : exp2f(m - m_new);
-    float sum = 0.0f;
-#pragma unroll
-    for (int j = 0; j < KEYS; ++j) {
-      const float p = s[j] == neg_inf() ? 0.0f : exp2f(s[j] - m_new);
-      sp[r * PS + g + j * kLanes] = p;
-      sum += p;
-    }
-    l = l * alpha + row_sum(sum);
-    m = m_new;
+    const float alpha = online_softmax(s, m, l, sp + r * PS, g);
 #pragma unroll
     for (int c = 0; c < COLS; ++c) acc[c] *= alpha;
 
     __syncthreads();  // every lane is done with K
     load_tile<B, D>(skv, v + base, kb * B, n);
     __syncthreads();
-    for (int key = 0; key < B; ++key) {
-      const float p = sp[r * PS + key];
-      if (p != 0.0f) {
-#pragma unroll
-        for (int c = 0; c < COLS; ++c) acc[c] += p * skv[key * QS + g + c * kLanes];
-      }
-    }
+    accumulate_pv<B, D>(acc, sp + r * PS, skv, g);
   }
 
   const int row = qb * B + r;
   if (row < n) {
-    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-#pragma unroll
-    for (int c = 0; c < COLS; ++c) out[base + static_cast<long long>(row) * D + g + c * kLanes] = acc[c] * inv;
-    if (g == 0) lse[bh * n + row] = l > 0.0f ? (m + log2f(l)) * kLn2 : neg_inf();
+    write_row(out + base + static_cast<long long>(row) * D, lse + bh * n + row, acc, m, l, g);
   }
 }
 
@@ -187,11 +162,7 @@ __global__ void __launch_bounds__(8 * (B < 64 ? B : 64))
       __syncthreads();  // the previous chunk's dq step is done (and sk, sv loaded, at first)
       load_tile<KB, D>(sq, q + base, first, n);
       load_tile<KB, D>(sdo, dout + base, first, n);
-      if (threadIdx.x < KB) {
-        const int row = first + threadIdx.x;
-        slse[threadIdx.x] = row < n ? lse[bh * n + row] * kLog2e : neg_inf();
-        sdelta[threadIdx.x] = row < n ? delta[bh * n + row] : 0.0f;
-      }
+      load_chunk_stats<KB>(slse, sdelta, lse + bh * n, delta + bh * n, first, n);
       __syncthreads();
 
 #pragma unroll
@@ -199,20 +170,12 @@ __global__ void __launch_bounds__(8 * (B < 64 ? B : 64))
         const int r = g + j * kLanes, row = first + r;
         bool on = key < n && row < n && slse[r] != neg_inf();
         if (on && slot >= 0) {
-          const int tile_row = chunk * KB + r;
-          on = (bits[(static_cast<long long>(slot) * B + tile_row) * W + (key_col >> 5)] >>
-                (key_col & 31)) & 1u;
+          on = mask_bit(bits + (static_cast<long long>(slot) * B + chunk * KB + r) * W, key_col);
         }
         float prob = 0.0f, ds = 0.0f;
         if (on) {
-          float s = 0.0f, dp = 0.0f;
-#pragma unroll 8
-          for (int d = 0; d < D; ++d) {
-            s += sq[r * QS + d] * sk[c * QS + d];
-            dp += sdo[r * QS + d] * sv[c * QS + d];
-          }
-          prob = exp2f(s * scale2 - slse[r]);
-          ds = prob * (dp - sdelta[r]);
+          prob_and_ds<D>(sq + r * QS, sk + c * QS, sdo + r * QS, sv + c * QS, scale2, slse[r],
+                         sdelta[r], prob, ds);
         }
         sP[c * PS + r] = prob;
         sdS[c * PS + r] = ds;
@@ -233,13 +196,7 @@ __global__ void __launch_bounds__(8 * (B < 64 ? B : 64))
 
       const int r = c, row = first + r;  // now: query row r of the chunk, same lanes
       if (row < n) {
-#pragma unroll
-        for (int cc = 0; cc < COLS; ++cc) {
-          const int col = g + cc * kLanes;
-          float x = 0.0f;
-          for (int kk = 0; kk < KB; ++kk) x += sdS[kk * PS + r] * sk[kk * QS + col];
-          if (x != 0.0f) atomicAdd(dq + base + static_cast<long long>(row) * D + col, x * scale);
-        }
+        add_dq_row<KB, D>(dq + base + static_cast<long long>(row) * D, sdS, sk, r, g, scale);
       }
     }
   }
@@ -281,7 +238,6 @@ __device__ __forceinline__ void fwd_wmma(const T* __restrict__ q, const T* __res
   constexpr int SS = B + 4;     // float score pitch
   constexpr int PS = 2 * SS;    // T probability pitch: row r of P starts where score row r does
   constexpr int OS = D + 4;     // float output pitch
-  constexpr int TB = B / 16, TD = D / 16;
   FG_DYNAMIC_SHARED(unsigned char, smem);
   T* sq = reinterpret_cast<T*>(smem);                         // (B, D+8): queries
   T* skv = sq + B * HS;                                       // (B, D+8): K, then V
@@ -299,7 +255,7 @@ __device__ __forceinline__ void fwd_wmma(const T* __restrict__ q, const T* __res
   const float scale2 = scale * kLog2e;
 
   load_rows16<B, D, HS, THREADS>(sq, q + base, qb * B, n);
-  for (int e = threadIdx.x; e < B * D; e += THREADS) so[(e / D) * OS + e % D] = 0.0f;
+  zero_tile<B, D, OS, THREADS>(so);
   float m = neg_inf(), l = 0.0f;
 
   const int begin = indptr[qb], end = indptr[qb + 1];
@@ -308,62 +264,29 @@ __device__ __forceinline__ void fwd_wmma(const T* __restrict__ q, const T* __res
     __syncthreads();  // the previous P·V is done with skv and sp (sq and so ready, the first time)
     load_rows16<B, D, HS, THREADS>(skv, k + base, kb * B, n);
     __syncthreads();
-    for (int tile = warp; tile < TB * TB; tile += WARPS) {  // S = Q·Kᵀ
-      const int i = tile / TB, j = tile % TB;
-      frag_acc acc;
-      wmma::fill_fragment(acc, 0.0f);
-      mma_abt<T, D>(acc, sq + i * 16 * HS, HS, skv + j * 16 * HS, HS);
-      wmma::store_matrix_sync(ss + i * 16 * SS + j * 16, acc, SS, wmma::mem_row_major);
-    }
+    tiles_abt<T, B, B, D, WARPS>(ss, SS, sq, HS, skv, HS, warp);  // S = Q·Kᵀ
     __syncthreads();  // scores are in ss; K is consumed
     load_rows16<B, D, HS, THREADS>(skv, v + base, kb * B, n);
 
     const unsigned* row_bits = bits + (static_cast<long long>(slot < 0 ? 0 : slot) * B + r) * W;
-    float s[KEYS], tile_max = neg_inf();
+    float s[KEYS];
 #pragma unroll
     for (int j = 0; j < KEYS; ++j) {
       const int key = g + j * kLanes;
-      const bool on = slot < 0 || ((row_bits[key >> 5] >> (key & 31)) & 1u);
+      const bool on = slot < 0 || mask_bit(row_bits, key);
       s[j] = on ? ss[r * SS + key] * scale2 : neg_inf();
-      tile_max = fmaxf(tile_max, s[j]);
     }
-    // row_max is a warp-synchronous call of the row's lanes: all of them have read their
-    // scores before any overwrites the row with probabilities
-    const float m_new = fmaxf(m, row_max(tile_max));
-    const float alpha = m_new == neg_inf() ? 1.0f : exp2f(m - m_new);
-    float sum = 0.0f;
-#pragma unroll
-    for (int j = 0; j < KEYS; ++j) {
-      const T p = float_to<T>(s[j] == neg_inf() ? 0.0f : exp2f(s[j] - m_new));
-      sp[r * PS + g + j * kLanes] = p;
-      sum += as_float(p);  // the rounded value: the one P·V multiplies
-    }
-    l = l * alpha + row_sum(sum);
-    m = m_new;
-    if (alpha != 1.0f) {
-#pragma unroll
-      for (int c = 0; c < COLS; ++c) so[r * OS + g + c * kLanes] *= alpha;
-    }
+    const float alpha = online_softmax(s, m, l, sp + r * PS, g);  // P over the score row
+    scale_row<COLS>(so + r * OS, alpha, g);
     __syncthreads();  // P, the rescaled O and V are in shared memory
-    for (int tile = warp; tile < TB * TD; tile += WARPS) {  // O += P·V
-      const int i = tile / TD, j = tile % TD;
-      frag_acc acc;
-      wmma::load_matrix_sync(acc, so + i * 16 * OS + j * 16, OS, wmma::mem_row_major);
-      mma_ab<T, B>(acc, sp + i * 16 * PS, PS, skv + j * 16, HS);
-      wmma::store_matrix_sync(so + i * 16 * OS + j * 16, acc, OS, wmma::mem_row_major);
-    }
+    tiles_add_ab<T, B, D, B, WARPS>(so, OS, sp, PS, skv, HS, warp);  // O += P·V
   }
   __syncthreads();  // the last P·V is in so
 
   const int row = qb * B + r;
   if (row < n) {
-    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-#pragma unroll
-    for (int c = 0; c < COLS; ++c) {
-      const int col = g + c * kLanes;
-      out[base + static_cast<long long>(row) * D + col] = float_to<T>(so[r * OS + col] * inv);
-    }
-    if (g == 0) lse[bh * n + row] = l > 0.0f ? (m + log2f(l)) * kLn2 : neg_inf();
+    write_row_from<COLS>(out + base + static_cast<long long>(row) * D, lse + bh * n + row,
+                         so + r * OS, m, l, g);
   }
 }
 
@@ -388,8 +311,7 @@ __device__ __forceinline__ void bwd_wmma(const T* __restrict__ q, const T* __res
   constexpr int THREADS = KB * kLanes, WARPS = THREADS / 32;
   constexpr int W = (B + 31) / 32, QUERIES = KB / kLanes;
   constexpr int HS = D + 8, FS = KB + 4, PS = 2 * FS, OS = D + 4;
-  constexpr int TK = KB / 16, TD = D / 16;
-  constexpr int OWN = (TK * TD + WARPS - 1) / WARPS;  // dk (and dv) tiles per warp
+  constexpr int OWN = ((KB / 16) * (D / 16) + WARPS - 1) / WARPS;  // dk (and dv) tiles per warp
   FG_DYNAMIC_SHARED(unsigned char, smem);
   T* sk = reinterpret_cast<T*>(smem);                  // (KB, D+8): this block's keys
   T* sv = sk + KB * HS;                                // (KB, D+8): their values
@@ -415,7 +337,7 @@ __device__ __forceinline__ void bwd_wmma(const T* __restrict__ q, const T* __res
 
   load_rows16<KB, D, HS, THREADS>(sk, k + base, first_key, n);
   load_rows16<KB, D, HS, THREADS>(sv, v + base, first_key, n);
-  frag_acc acc_k[OWN], acc_v[OWN];
+  frag_acc acc_k[OWN], acc_v[OWN];  // dk, dv: this warp's tiles
 #pragma unroll
   for (int o = 0; o < OWN; ++o) {
     wmma::fill_fragment(acc_k[o], 0.0f);
@@ -431,21 +353,10 @@ __device__ __forceinline__ void bwd_wmma(const T* __restrict__ q, const T* __res
       __syncthreads();  // the previous chunk is done with sq, sdo, spt, sdst and sdq
       load_rows16<KB, D, HS, THREADS>(sq, q + base, first, n);
       load_rows16<KB, D, HS, THREADS>(sdo, dout + base, first, n);
-      if (threadIdx.x < KB) {
-        const int row = first + threadIdx.x;
-        slse[threadIdx.x] = row < n ? lse[bh * n + row] * kLog2e : neg_inf();
-        sdelta[threadIdx.x] = row < n ? delta[bh * n + row] : 0.0f;
-      }
+      load_chunk_stats<KB>(slse, sdelta, lse + bh * n, delta + bh * n, first, n);
       __syncthreads();
-      for (int job = warp; job < 2 * TK * TK; job += WARPS) {  // Sᵀ = K·Qᵀ, dPᵀ = V·doutᵀ
-        const int which = job / (TK * TK), i = (job / TK) % TK, j = job % TK;
-        frag_acc acc;
-        wmma::fill_fragment(acc, 0.0f);
-        mma_abt<T, D>(acc, (which ? sv : sk) + i * 16 * HS, HS, (which ? sdo : sq) + j * 16 * HS,
-                      HS);
-        wmma::store_matrix_sync((which ? sdpt : sst) + i * 16 * FS + j * 16, acc, FS,
-                                wmma::mem_row_major);
-      }
+      // Sᵀ = K·Qᵀ, dPᵀ = V·doutᵀ
+      tiles_abt2<T, KB, KB, D, WARPS>(sst, sdpt, FS, sk, sv, HS, sq, sdo, HS, warp);
       __syncthreads();
 
       float prob[QUERIES], ds[QUERIES];
@@ -454,9 +365,7 @@ __device__ __forceinline__ void bwd_wmma(const T* __restrict__ q, const T* __res
         const int r = g + j * kLanes, row = first + r;
         bool on = key < n && row < n && slse[r] != neg_inf();
         if (on && slot >= 0) {
-          const int tile_row = chunk * KB + r;
-          on = (bits[(static_cast<long long>(slot) * B + tile_row) * W + (key_col >> 5)] >>
-                (key_col & 31)) & 1u;
+          on = mask_bit(bits + (static_cast<long long>(slot) * B + chunk * KB + r) * W, key_col);
         }
         prob[j] = on ? exp2f(sst[c * FS + r] * scale2 - slse[r]) : 0.0f;
         ds[j] = on ? prob[j] * (sdpt[c * FS + r] - sdelta[r]) : 0.0f;
@@ -468,56 +377,24 @@ __device__ __forceinline__ void bwd_wmma(const T* __restrict__ q, const T* __res
         sdst[c * PS + g + j * kLanes] = float_to<T>(ds[j]);
       }
       __syncthreads();
-#pragma unroll
-      for (int o = 0; o < OWN; ++o) {  // dv += Pᵀ·dout, dk += dSᵀ·Q on this warp's tiles
-        const int tile = warp + o * WARPS;
-        if (tile < TK * TD) {
-          const int i = tile / TD, j = tile % TD;
-          mma_ab<T, KB>(acc_v[o], spt + i * 16 * PS, PS, sdo + j * 16, HS);
-          mma_ab<T, KB>(acc_k[o], sdst + i * 16 * PS, PS, sq + j * 16, HS);
-        }
-      }
-      for (int tile = warp; tile < TK * TD; tile += WARPS) {  // the chunk's dq = dS·K
-        const int i = tile / TD, j = tile % TD;
-        frag_acc acc;
-        wmma::fill_fragment(acc, 0.0f);
-        mma_atb<T, KB>(acc, sdst + i * 16, PS, sk + j * 16, HS);
-        wmma::store_matrix_sync(sdq + i * 16 * OS + j * 16, acc, OS, wmma::mem_row_major);
-      }
+      own_add_ab<T, KB, D, KB, WARPS>(acc_v, spt, PS, sdo, HS, warp);   // dv += Pᵀ·dout
+      own_add_ab<T, KB, D, KB, WARPS>(acc_k, sdst, PS, sq, HS, warp);   // dk += dSᵀ·Q
+      tiles_atb<T, KB, D, KB, WARPS>(sdq, OS, sdst, PS, sk, HS, warp);  // the chunk's dq = dS·K
       __syncthreads();
-      for (int e = threadIdx.x; e < KB * D; e += THREADS) {
-        const int r = e / D, col = e % D, row = first + r;
-        const float x = sdq[r * OS + col];
-        if (row < n && x != 0.0f) {
-          atomicAdd(dq + base + static_cast<long long>(row) * D + col, x * scale);
-        }
-      }
+      atomic_add_rows<KB, D, OS, THREADS>(dq + base, sdq, first, n, scale);
     }
   }
 
   // dk then dv through sdq (float) to T in global memory
   for (int pass = 0; pass < 2; ++pass) {
     __syncthreads();  // the last chunk's atomics (or the previous pass) are done with sdq
-#pragma unroll
-    for (int o = 0; o < OWN; ++o) {
-      const int tile = warp + o * WARPS;
-      if (tile < TK * TD) {
-        const int i = tile / TD, j = tile % TD;
-        float* at = sdq + i * 16 * OS + j * 16;
-        if (pass) {  // two calls, not `pass ? acc_v[o] : acc_k[o]`: that sends them to local memory
-          wmma::store_matrix_sync(at, acc_v[o], OS, wmma::mem_row_major);
-        } else {
-          wmma::store_matrix_sync(at, acc_k[o], OS, wmma::mem_row_major);
-        }
-      }
+    if (pass) {  // two calls, not `pass ? acc_v : acc_k`: that sends them to local memory
+      own_store<KB, D, WARPS>(sdq, OS, acc_v, warp);
+    } else {
+      own_store<KB, D, WARPS>(sdq, OS, acc_k, warp);
     }
     __syncthreads();
-    T* dst = pass ? dv : dk;
-    const float factor = pass ? 1.0f : scale;
-    for (int e = threadIdx.x; e < KB * D; e += THREADS) {
-      const int r = e / D, col = e % D, row = first_key + r;
-      if (row < n) dst[base + static_cast<long long>(row) * D + col] = float_to<T>(sdq[r * OS + col] * factor);
-    }
+    store_rows<KB, D, OS, THREADS>((pass ? dv : dk) + base, sdq, first_key, n, pass ? 1.0f : scale);
   }
 }
 
@@ -525,61 +402,33 @@ __device__ __forceinline__ void bwd_wmma(const T* __restrict__ q, const T* __res
 
 // sparse_attention_fwd_{f16,bf16}<B, D>: the arguments of sparse_attention_fwd_f32 with q, k, v
 //   and out of the half type (lse stays float32). Launch: grid (⌈n/B⌉, b·h), block (8·B),
-//   dynamic shared memory 4·B·(D+8) + 4·B·(B+D+8) bytes (gpu.kernels.sparse_attention_fwd_wmma_config).
-template <int B, int D>
-__global__ void __launch_bounds__(B * 8)
-    sparse_attention_fwd_f16(const __half* __restrict__ q, const __half* __restrict__ k,
-                             const __half* __restrict__ v, const int* __restrict__ kv_indptr,
-                             const int* __restrict__ kv_indices, const int* __restrict__ kv_slots,
-                             const unsigned* __restrict__ bits, __half* __restrict__ out,
-                             float* __restrict__ lse, int n, int heads, int mask_heads,
-                             float scale) {
-  fwd_wmma<__half, B, D>(q, k, v, kv_indptr, kv_indices, kv_slots, bits, out, lse, n, heads,
-                         mask_heads, scale);
-}
-
-template <int B, int D>
-__global__ void __launch_bounds__(B * 8)
-    sparse_attention_fwd_bf16(const __nv_bfloat16* __restrict__ q,
-                              const __nv_bfloat16* __restrict__ k,
-                              const __nv_bfloat16* __restrict__ v,
-                              const int* __restrict__ kv_indptr, const int* __restrict__ kv_indices,
-                              const int* __restrict__ kv_slots, const unsigned* __restrict__ bits,
-                              __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int n,
-                              int heads, int mask_heads, float scale) {
-  fwd_wmma<__nv_bfloat16, B, D>(q, k, v, kv_indptr, kv_indices, kv_slots, bits, out, lse, n,
-                                heads, mask_heads, scale);
-}
-
+//   dynamic shared memory 4·B·(D+8) + 4·B·(B+D+8) bytes
+//   (gpu.kernels.sparse_attention_fwd_wmma_config).
 // sparse_attention_bwd_{f16,bf16}<B, D>: the arguments of sparse_attention_bwd_f32 with q, k, v,
 //   dout, dk and dv of the half type (lse, delta and the dq accumulator stay float32). Launch as
-//   sparse_attention_bwd_f32 with the shared memory of gpu.kernels.sparse_attention_bwd_wmma_config.
-template <int B, int D>
-__global__ void __launch_bounds__(8 * (B < 64 ? B : 64))
-    sparse_attention_bwd_f16(const __half* __restrict__ q, const __half* __restrict__ k,
-                             const __half* __restrict__ v, const __half* __restrict__ dout,
-                             const float* __restrict__ lse, const float* __restrict__ delta,
-                             const int* __restrict__ q_indptr, const int* __restrict__ q_indices,
-                             const int* __restrict__ q_slots, const unsigned* __restrict__ bits,
-                             float* __restrict__ dq, __half* __restrict__ dk,
-                             __half* __restrict__ dv, int n, int heads, int mask_heads,
-                             float scale) {
-  bwd_wmma<__half, B, D>(q, k, v, dout, lse, delta, q_indptr, q_indices, q_slots, bits, dq, dk, dv,
-                         n, heads, mask_heads, scale);
-}
+//   sparse_attention_bwd_f32 with the shared memory of
+//   gpu.kernels.sparse_attention_bwd_wmma_config.
+// Each a thin shell over fwd_wmma / bwd_wmma above, one pair per half type T.
+#define FG_SPARSE_WMMA_ENTRY_POINTS(SUFFIX, T)                                                     \
+  template <int B, int D>                                                                          \
+  __global__ void __launch_bounds__(B * 8) sparse_attention_fwd_##SUFFIX(                          \
+      const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,                   \
+      const int* __restrict__ kv_indptr, const int* __restrict__ kv_indices,                       \
+      const int* __restrict__ kv_slots, const unsigned* __restrict__ bits, T* __restrict__ out,    \
+      float* __restrict__ lse, int n, int heads, int mask_heads, float scale) {                    \
+    fwd_wmma<T, B, D>(q, k, v, kv_indptr, kv_indices, kv_slots, bits, out, lse, n, heads,          \
+                      mask_heads, scale);                                                          \
+  }                                                                                                \
+  template <int B, int D>                                                                          \
+  __global__ void __launch_bounds__(8 * (B < 64 ? B : 64)) sparse_attention_bwd_##SUFFIX(          \
+      const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,                   \
+      const T* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,  \
+      const int* __restrict__ q_indptr, const int* __restrict__ q_indices,                         \
+      const int* __restrict__ q_slots, const unsigned* __restrict__ bits, float* __restrict__ dq,  \
+      T* __restrict__ dk, T* __restrict__ dv, int n, int heads, int mask_heads, float scale) {     \
+    bwd_wmma<T, B, D>(q, k, v, dout, lse, delta, q_indptr, q_indices, q_slots, bits, dq, dk, dv,   \
+                      n, heads, mask_heads, scale);                                                \
+  }
 
-template <int B, int D>
-__global__ void __launch_bounds__(8 * (B < 64 ? B : 64))
-    sparse_attention_bwd_bf16(const __nv_bfloat16* __restrict__ q,
-                              const __nv_bfloat16* __restrict__ k,
-                              const __nv_bfloat16* __restrict__ v,
-                              const __nv_bfloat16* __restrict__ dout,
-                              const float* __restrict__ lse, const float* __restrict__ delta,
-                              const int* __restrict__ q_indptr, const int* __restrict__ q_indices,
-                              const int* __restrict__ q_slots, const unsigned* __restrict__ bits,
-                              float* __restrict__ dq, __nv_bfloat16* __restrict__ dk,
-                              __nv_bfloat16* __restrict__ dv, int n, int heads, int mask_heads,
-                              float scale) {
-  bwd_wmma<__nv_bfloat16, B, D>(q, k, v, dout, lse, delta, q_indptr, q_indices, q_slots, bits, dq,
-                                dk, dv, n, heads, mask_heads, scale);
-}
+FG_SPARSE_WMMA_ENTRY_POINTS(f16, __half)
+FG_SPARSE_WMMA_ENTRY_POINTS(bf16, __nv_bfloat16)

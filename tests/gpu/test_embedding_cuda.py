@@ -1,5 +1,6 @@
 """PartiallyFrozenEmbedding and remap on a CUDA device, against the same module and a full
-nn.Embedding on the CPU in float64. Skipped where ``torch.cuda.is_available()`` is False."""
+nn.Embedding on the CPU in float64. Skipped where ``torch.cuda.is_available()`` is False
+(tests/gpu/conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,6 @@ import torch
 from torch import nn
 
 from models.embedding import PartiallyFrozenEmbedding, remap
-
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(
-        not torch.cuda.is_available(),
-        reason="needs a CUDA device: torch.cuda.is_available() is False",
-    ),
-]
 
 V, D = 2000, 16
 

@@ -7,7 +7,6 @@ Skipped where there is no CUDA device or no CuPy."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import numpy as np
@@ -19,29 +18,9 @@ import gpu._metric_cuda as metric_cuda
 from gpu.mask import SparseMask
 from gpu.metric import metric_attention_reference, packed_size
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(
-        not torch.cuda.is_available() or importlib.util.find_spec("cupy") is None,
-        reason="needs a CUDA device and CuPy",
-    ),
-]
-
+# poisoned outputs, a count of the calls (the `poisoned` fixture), the skips: tests/gpu/conftest.py
+KERNEL_ENTRY = (metric_cuda, "metric_attention_cuda")
 TOL = {torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}  # ‖x − ref‖/‖ref‖
-
-
-@pytest.fixture(autouse=True)
-def poisoned(monkeypatch):
-    monkeypatch.setattr(metric_cuda, "poison_outputs", True)
-    calls = []
-    real = metric_cuda.metric_attention_cuda
-
-    def counting(*args, **kwargs):
-        calls.append(args[0].shape)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(metric_cuda, "metric_attention_cuda", counting)
-    return calls
 
 
 def rel(x: torch.Tensor, ref: torch.Tensor) -> float:

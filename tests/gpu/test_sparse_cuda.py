@@ -8,8 +8,6 @@ Skipped where there is no CUDA device or no CuPy."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
@@ -20,31 +18,10 @@ import gpu._sparse_cuda as sparse_cuda
 from gpu.mask import SparseMask
 from gpu.reference import sparse_attention_reference
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(
-        not torch.cuda.is_available() or importlib.util.find_spec("cupy") is None,
-        reason="needs a CUDA device and CuPy",
-    ),
-]
-
+# poisoned outputs, a count of the calls (the `poisoned` fixture), the skips: tests/gpu/conftest.py
+KERNEL_ENTRY = (sparse_cuda, "sparse_attention")
 TOL = {torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 2e-2}  # ‖x − ref‖/‖ref‖
 DEVICE = torch.device("cuda")
-
-
-@pytest.fixture(autouse=True)
-def poisoned(monkeypatch):
-    """NaN-filled outputs, and a count of the calls that reached the kernels."""
-    monkeypatch.setattr(sparse_cuda, "poison_outputs", True)
-    calls = []
-    real = sparse_cuda.sparse_attention
-
-    def counting(*args, **kwargs):
-        calls.append(args[0].shape)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(sparse_cuda, "sparse_attention", counting)
-    return calls
 
 
 def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
