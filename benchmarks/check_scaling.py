@@ -28,19 +28,17 @@ from __future__ import annotations
 
 import argparse
 import gc
-import shlex
 import statistics
 import sys
 import time
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
+import _report
 import networkx as nx
 import numpy as np
 import scipy
-from _report import load_average, machine_line
 
 import flowgraph as fg
 
@@ -124,7 +122,9 @@ def measure(name: str, n: int, repeats: int, run_baseline: bool) -> Row:
     networkx_s = None
     if run_baseline:
         networkx_s, (nx_missing, graph_s) = timed(lambda: networkx_missing(p))
-        log(f"  networkx {name} n={n}: graph {graph_s:.3f} s + walks {networkx_s - graph_s:.3f} s")
+        _report.log(
+            f"  networkx {name} n={n}: graph {graph_s:.3f} s + walks {networkx_s - graph_s:.3f} s"
+        )
         if nx_missing != result.missing_pairs:
             raise AssertionError(
                 f"{name} n={n}: networkx baseline finds {nx_missing} missing pairs, "
@@ -141,7 +141,7 @@ def run(
     for name in patterns:
         baseline_on = True
         for n in sorted(ns):
-            log(f"{name} n={n} ...")
+            _report.log(f"{name} n={n} ...")
             row = measure(name, n, repeats, baseline_on and n <= baseline_max_n)
             if row.networkx_s is not None and row.networkx_s > baseline_budget:
                 baseline_on = False  # the next, larger n would take longer still
@@ -168,50 +168,33 @@ def fmt_s(seconds: float) -> str:
     return text.rstrip(".")
 
 
-def fmt_row(row: Row) -> str:
+def row_cells(row: Row) -> list[str]:
     if row.networkx_s is None:
         baseline, speedup = "—", "—"
     else:
         baseline = fmt_s(row.networkx_s)
         ratio = row.networkx_s / row.check_s
         speedup = f"{ratio:.0f}" if ratio >= 10 else f"{ratio:.1f}"
-    cells = [
-        row.pattern,
-        str(row.n),
-        fmt_s(row.build_s),
-        fmt_s(row.check_s),
-        f"{row.check_peak_bytes / MIB:.1f}",
-        f"{row.missing_pairs:,}",
-        baseline,
-        speedup,
-    ]
-    return "| " + " | ".join(cells) + " |"
+    return [
+        row.pattern, str(row.n), fmt_s(row.build_s), fmt_s(row.check_s),
+        f"{row.check_peak_bytes / MIB:.1f}", f"{row.missing_pairs:,}", baseline, speedup,
+    ]  # fmt: skip
 
 
 def report(rows: list[Row], command: str, repeats: int, load: str) -> str:
     """The markdown report: machine, command, table and how to read it."""
-    header = [
-        "pattern",
-        "n",
-        "build s",
-        "check s",
-        "check peak MiB",
-        "missing pairs",
-        "networkx s",
-        "speed-up ×",
-    ]
+    header = ["pattern", "n", "build s", "check s", "check peak MiB", "missing pairs",
+              "networkx s", "speed-up ×"]  # fmt: skip
     rss = max_rss_bytes()
     rss_text = "unavailable" if rss is None else f"{rss / MIB:.0f} MiB"
     lines = [
-        machine_line(
+        _report.machine_line(
             f"numpy {np.__version__}, scipy {scipy.__version__}, networkx {nx.__version__}"
         ),
         "",
         f"Command: `{command}`",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
-        *(fmt_row(r) for r in rows),
+        *_report.markdown_table(header, "l" + "r" * (len(header) - 1), map(row_cells, rows)),
         "",
         f"build s and check s: median of {repeats} run(s); check peak MiB: tracemalloc peak of one "
         "more check; networkx s: flow_graph build plus one nx.ancestors walk per query, run once, "
@@ -222,10 +205,6 @@ def report(rows: list[Row], command: str, repeats: int, load: str) -> str:
         f"Process peak resident memory (ru_maxrss, whole run): {rss_text}. {load}",
     ]
     return "\n".join(lines) + "\n"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # --- command line ------------------------------------------------------------------------------
@@ -251,7 +230,7 @@ def pattern_list(text: str) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap = _report.new_parser(__doc__)
     ap.add_argument("--ns", type=int_list, default=list(DEFAULT_NS), help="sizes, e.g. 1024,4096")
     ap.add_argument(
         "--patterns", type=pattern_list, default=list(PATTERNS), help="e.g. strided,ltr"
@@ -266,23 +245,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=60.0,
         help="seconds: once the baseline takes longer at some n, skip it at larger n",
     )
-    ap.add_argument("--markdown", type=Path, help="also write the report to this file")
+    _report.add_markdown_flag(ap)
     args = ap.parse_args(argv)
-    if args.repeats < 1:
-        ap.error(f"--repeats must be ≥ 1, got {args.repeats}")
+    _report.check_minimums(ap, args, {"repeats": 1})
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
-    load_start = load_average()
+    command = _report.command_line()
+    load_start = _report.load_average()
     rows = run(args.patterns, args.ns, args.repeats, args.baseline_max_n, args.baseline_budget)
-    load = f"1-minute load average at start / end: {load_start} / {load_average()}."
-    text = report(rows, command, args.repeats, load)
-    print(text, end="")
-    if args.markdown is not None:
-        args.markdown.write_text(text, encoding="utf-8")
+    _report.emit(report(rows, command, args.repeats, _report.load_span(load_start)), args.markdown)
     return 0
 
 

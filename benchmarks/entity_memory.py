@@ -37,12 +37,9 @@ import dataclasses
 import json
 import os
 import re
-import shlex
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from _report import load_average, machine_line  # noqa: E402
+import _report  # noqa: E402
 
 from models.entity_memory import DEFAULT_BLOCK_SIZE, EntityMemory  # noqa: E402
 
@@ -303,15 +300,6 @@ def check_agreement(results: dict[str, dict], rtol: float = RTOL) -> dict[str, f
     return diffs
 
 
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
-
-
 def _status_kib(field: str) -> int:
     match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
     if match is None:
@@ -343,7 +331,7 @@ def measure_memory(variant: str, cfg: Config) -> dict | None:
         return None
     args = [sys.executable, str(Path(__file__).resolve()), "--child", variant,
             "--config", json.dumps(dataclasses.asdict(cfg))]  # fmt: skip
-    log(f"  memory: {variant} at N={cfg.n_entities:,} (child process) ...")
+    _report.log(f"  memory: {variant} at N={cfg.n_entities:,} (child process) ...")
     # A fixed mmap threshold makes glibc return every freed block over 64 KiB to the system at
     # once; with its default, adaptive threshold, freed blocks stay resident in the heap and
     # VmHWM would count allocator caching rather than what the variant holds.
@@ -379,32 +367,32 @@ def report(
     load: str,
 ) -> str:
     base = times_ms["loop"]
-    speed = [
-        "| variant | forward + backward ms | runs | speed-up × vs loop | max rel. diff vs module |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for v in VARIANTS:
-        ratio = base / times_ms[v]
-        speed.append(
-            f"| {LABELS[v]} | {fmt_ms(times_ms[v])} | {runs[v]} | {fmt_ratio(ratio)} | "
-            f"{'—' if v == 'module' else f'{diffs[v]:.1e}'} |"
-        )
-    mem = [
-        "| variant | N | peak extra MiB (VmHWM, child process) | one mentions × N float32 "
-        "matrix MiB | extra / matrix |",
-        "|---|---:|---:|---:|---:|",
-    ]
+    speed = _report.markdown_table(
+        ["variant", "forward + backward ms", "runs", "speed-up × vs loop",
+         "max rel. diff vs module"],
+        "lrrrr",
+        [
+            [LABELS[v], fmt_ms(times_ms[v]), runs[v], fmt_ratio(base / times_ms[v]),
+             "—" if v == "module" else f"{diffs[v]:.1e}"]
+            for v in VARIANTS
+        ],
+    )  # fmt: skip
+    mem_rows = []
     for v, n, res in memory:
         bound = mentions * n * 4
         if res is None:
-            mem.append(f"| {LABELS[v]} | {n:,} | unavailable | {mib(bound)} | — |")
+            mem_rows.append([LABELS[v], f"{n:,}", "unavailable", mib(bound), "—"])
             continue
         ratio = res["extra_bytes"] / bound
-        mem.append(
-            f"| {LABELS[v]} | {n:,} | {mib(res['extra_bytes'])} | {mib(bound)} | {ratio:.2f} |"
-        )
+        mem_rows.append([LABELS[v], f"{n:,}", mib(res["extra_bytes"]), mib(bound), f"{ratio:.2f}"])
+    mem = _report.markdown_table(
+        ["variant", "N", "peak extra MiB (VmHWM, child process)",
+         "one mentions × N float32 matrix MiB", "extra / matrix"],
+        "lrrrr",
+        mem_rows,
+    )  # fmt: skip
     lines = [
-        machine_line(f"torch {torch.__version__}, {torch.get_num_threads()} torch threads"),
+        _report.machine_line(f"torch {torch.__version__}, {torch.get_num_threads()} torch threads"),
         "",
         f"Command: `{command}`",
         "",
@@ -433,14 +421,9 @@ def report(
     return "\n".join(lines) + "\n"
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # --- command line --------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("--quick", action="store_true", help="a small smoke run (seconds)")
+    ap = _report.new_parser(__doc__, quick="a small smoke run (seconds)")
     ap.add_argument("--n-entities", type=int, help=f"N, timed (default {Config.n_entities:,})")
     ap.add_argument("--mentions", type=int, help=f"mentions (default {Config.mentions})")
     ap.add_argument("--block-size", type=int, help=f"default {DEFAULT_BLOCK_SIZE}")
@@ -454,16 +437,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1_000_000,
         help="also measure peak memory of the module and seed v2 at this N (0: skip)",
     )
-    ap.add_argument("--markdown", type=Path, help="also write the report to this file")
+    _report.add_markdown_flag(ap)
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    for name in ("n_entities", "mentions", "block_size", "repeats", "loop_repeats"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            ap.error(f"--{name.replace('_', '-')} must be ≥ 1, got {value}")
-    if args.memory_n < 0:
-        ap.error(f"--memory-n must be ≥ 0, got {args.memory_n}")
+    minimums = dict.fromkeys(("n_entities", "mentions", "block_size", "repeats", "loop_repeats"), 1)
+    _report.check_minimums(ap, args, {**minimums, "memory_n": 0})
     return args
 
 
@@ -476,34 +455,36 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: getattr(args, k) for k in ("n_entities", "mentions", "block_size")}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     memory_n = min(args.memory_n, 20_000) if args.quick else args.memory_n
-    command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
-    load_start = load_average()
+    command = _report.command_line()
+    load_start = _report.load_average()
 
     x_bnc, bio_bn, ids_bn, g_bnc = make_data(cfg)
     x_bnc.requires_grad_(True)
     mentions = int((bio_bn == 1).sum())
     em = make_module(cfg)
     modules = {v: build(v, em) for v in VARIANTS}
-    log("agreement check ...")
+    _report.log("agreement check ...")
     results = {v: outputs(modules[v], x_bnc, bio_bn, ids_bn, g_bnc) for v in VARIANTS}
     diffs = check_agreement(results)
     del results
     times_ms = {}
     runs = {v: args.loop_repeats if v == "loop" else args.repeats for v in VARIANTS}
     for v in VARIANTS:
-        log(f"timing {v} ...")
-        times_ms[v] = median_ms(lambda v=v: step(modules[v], x_bnc, bio_bn, ids_bn, g_bnc), runs[v])
+        _report.log(f"timing {v} ...")
+        seconds, _ = _report.median_s(
+            lambda v=v: step(modules[v], x_bnc, bio_bn, ids_bn, g_bnc), runs[v]
+        )
+        times_ms[v] = seconds * 1e3
     modules.clear()  # frees the parameters before the memory children start
     del em
     memory = [(v, cfg.n_entities, measure_memory(v, cfg)) for v in VARIANTS]
     if memory_n:
         big = dataclasses.replace(cfg, n_entities=memory_n)
         memory += [(v, memory_n, measure_memory(v, big)) for v in ("module", "seed_v2")]
-    load = f"1-minute load average at start / end: {load_start} / {load_average()}."
-    text = report(cfg, mentions, times_ms, diffs, memory, runs, command, load)
-    print(text, end="")
-    if args.markdown is not None:
-        args.markdown.write_text(text, encoding="utf-8")
+    text = report(
+        cfg, mentions, times_ms, diffs, memory, runs, command, _report.load_span(load_start)
+    )
+    _report.emit(text, args.markdown)
     return 0
 
 

@@ -30,7 +30,6 @@ writes the report to a file.
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
 import sys
 import tempfile
@@ -39,9 +38,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import _report
 import numpy as np
 import torch
-from _report import load_average, machine_line
 
 import flowgraph as fg
 from models.heads import load_checkpoint
@@ -66,6 +65,18 @@ class Config:
     seed: int = 0
 
 
+ROWS = (  # the table's rows, in order
+    "load_checkpoint (HF directory, safetensors)",
+    "Checkpoint.attention: all heads",
+    "Checkpoint.attention: all heads, 1 torch thread",
+    "baseline: transformers BertModel, output_attentions=True",
+    "one head's metrics, cold caches",
+    "one head's metrics, warm caches",
+    "numpy alone: qk_form (model space)",
+    "numpy alone: token_distances (T tokens)",
+    "numpy alone: coverage (every head, strided, merged)",
+    "baseline: token distances by pairwise differences",
+)
 QUICK_NOTE = " — a --quick smoke run: tiny sizes, the numbers mean nothing"
 QUICK = Config(
     layers=2, heads=2, width=16, intermediate=32, vocab=50, tokens=8, layer=1, head=1, repeats=2
@@ -120,21 +131,7 @@ def measure(cfg: Config, directory: Path, model) -> tuple[list[Row], dict[str, f
     seqs = sequences(cfg, 2 * cfg.repeats + 1)
     pattern = fg.strided(cfg.tokens)
     layer, head = cfg.layer, cfg.head
-    rows = {
-        name: Row(name, [])
-        for name in (
-            "load_checkpoint (HF directory, safetensors)",
-            "Checkpoint.attention: all heads",
-            "Checkpoint.attention: all heads, 1 torch thread",
-            "baseline: transformers BertModel, output_attentions=True",
-            "one head's metrics, cold caches",
-            "one head's metrics, warm caches",
-            "numpy alone: qk_form (model space)",
-            "numpy alone: token_distances (T tokens)",
-            "numpy alone: coverage (every head, strided, merged)",
-            "baseline: token distances by pairwise differences",
-        )
-    }
+    rows = {name: Row(name, []) for name in ROWS}
     checks: dict[str, float] = {}
     ckpt = load_checkpoint(directory)  # warm the file cache and imports once, untimed
     ckpt.attention(seqs[-1])
@@ -189,7 +186,7 @@ def measure(cfg: Config, directory: Path, model) -> tuple[list[Row], dict[str, f
             checks.get("distances max |Δ| / max|d²| vs pairwise", 0.0),
             float(np.abs(d2 - d2_ref).max()) / scale,
         )
-        log(f"  repeat {rep + 1}/{cfg.repeats}")
+        _report.log(f"  repeat {rep + 1}/{cfg.repeats}")
     if checks["attention max |Δ| vs transformers"] > AGREE_ATOL:
         raise AssertionError(
             "Checkpoint.attention and transformers disagree: max |Δ| = "
@@ -220,17 +217,19 @@ def goal_line(text: str, value: float, limit: float) -> str:
 def report(
     rows: list[Row], checks: dict[str, float], cfg: Config, command: str, load: str, quick: bool
 ) -> str:
-    table = ["| step | median ms | min ms | goal |", "|---|---:|---:|---|"]
-    for row in rows:
-        table.append(
-            f"| {row.name} | {fmt_ms(statistics.median(row.times_s))} | "
-            f"{fmt_ms(min(row.times_s))} | {row.goal} |"
-        )
+    table = _report.markdown_table(
+        ["step", "median ms", "min ms", "goal"],
+        "lrrl",
+        [
+            [row.name, fmt_ms(statistics.median(row.times_s)), fmt_ms(min(row.times_s)), row.goal]
+            for row in rows
+        ],
+    )
     by_name = {row.name: statistics.median(row.times_s) for row in rows}
     attention = by_name["Checkpoint.attention: all heads"]
     metrics = by_name["one head's metrics, cold caches"]
     lines = [
-        machine_line(
+        _report.machine_line(
             f"torch {torch.__version__}, numpy {np.__version__}, "
             f"torch.get_num_threads() = {torch.get_num_threads()}"
         ),
@@ -253,22 +252,14 @@ def report(
     return "\n".join(lines) + "\n"
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("--quick", action="store_true", help="a smoke run at tiny sizes")
+    ap = _report.new_parser(__doc__, quick="a smoke run at tiny sizes")
     ap.add_argument("--repeats", type=int, help="timed repeats (default 7; quick 2)")
     ap.add_argument("--tokens", type=int, help="sequence length (default 128; quick 8)")
-    ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    ap.add_argument("--markdown", type=Path, help="also write the report to this file")
+    _report.add_threads_flag(ap)
+    _report.add_markdown_flag(ap)
     args = ap.parse_args(argv)
-    for flag in ("repeats", "tokens", "threads"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            ap.error(f"--{flag} must be ≥ 1, got {value}")
+    _report.check_minimums(ap, args, {"repeats": 1, "tokens": 1, "threads": 1})
     if args.tokens is not None and args.tokens > 512:
         ap.error(f"--tokens must be ≤ 512 (the model's positions), got {args.tokens}")
     return args
@@ -281,18 +272,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg = replace(cfg, **overrides)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
-    load_start = load_average()
+    command = _report.command_line()
+    load_start = _report.load_average()
     with tempfile.TemporaryDirectory(prefix="heads-bench-") as tmp:
-        log("saving a random BERT ...")
+        _report.log("saving a random BERT ...")
         model = save_bert(cfg, Path(tmp) / "bert")
-        log("timing ...")
+        _report.log("timing ...")
         rows, checks = measure(cfg, Path(tmp) / "bert", model)
-    load = f"1-minute load average at start / end: {load_start} / {load_average()}."
-    text = report(rows, checks, cfg, command, load, args.quick)
-    print(text, end="")
-    if args.markdown is not None:
-        args.markdown.write_text(text, encoding="utf-8")
+    text = report(rows, checks, cfg, command, _report.load_span(load_start), args.quick)
+    _report.emit(text, args.markdown)
     return 0
 
 

@@ -44,7 +44,6 @@ import ctypes
 import functools
 import gc
 import math
-import shlex
 import statistics
 import sys
 import time
@@ -52,9 +51,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import _report
 import torch
 import torch.nn.functional as F
-from _report import load_average, machine_line
 
 import gpu
 from gpu.metric import metric_attention_reference, packed_size, unpack_symmetric
@@ -235,12 +234,7 @@ def time_ms(fn: Callable[[int], object], cfg: Config, device: torch.device) -> f
     times = []
     for i in range(cfg.repeats):
         if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn(i)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
+            times.append(_report.cuda_ms(lambda: fn(i)))  # noqa: B023  # called right here
         else:
             t0 = time.perf_counter()
             fn(i)
@@ -250,14 +244,16 @@ def time_ms(fn: Callable[[int], object], cfg: Config, device: torch.device) -> f
 
 def measure(methods: list[Method], cfg: Config, device: torch.device) -> None:
     for n in cfg.sizes:
-        log(f"n = {n}: checking against the float64 reference ...")
+        _report.log(f"n = {n}: checking against the float64 reference ...")
         check_outputs(methods, cfg, n, device)
         sets = [make_inputs(cfg, n, device, cfg.seed + 3 * n + i) for i in range(3)]
         for method in methods:
             if method.name == MATERIALISED and materialised_bytes(cfg, n) > budget(cfg):
-                log(f"  {method.name}: skipped, ~{materialised_bytes(cfg, n) / 2**30:.1f} GiB")
+                _report.log(
+                    f"  {method.name}: skipped, ~{materialised_bytes(cfg, n) / 2**30:.1f} GiB"
+                )
                 continue
-            log(f"  {method.name} ...")
+            _report.log(f"  {method.name} ...")
             once = functools.partial(call, method, cfg, sets[0])
             if device.type == "cuda":
                 peak = cuda_peak_bytes(once, device)
@@ -319,7 +315,7 @@ def report(
         f"device: {device}"
     )
     lines = [
-        machine_line(libraries),
+        _report.machine_line(libraries),
         "",
         f"Command: `{command}`",
         "",
@@ -353,14 +349,9 @@ def report(
     return "\n".join(lines) + "\n"
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # --- command line ---------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("--quick", action="store_true", help="a smoke run at tiny sizes")
+    ap = _report.new_parser(__doc__, quick="a smoke run at tiny sizes")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ap.add_argument("--sizes", type=int, nargs="+", help="the n to measure")
     ap.add_argument("--batch", type=int)
@@ -373,13 +364,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, help="untimed runs first")
     ap.add_argument("--max-materialised-gib", type=float, help="skip the materialised baseline "
                     "where it would need more")  # fmt: skip
-    ap.add_argument("--markdown", type=Path, help="also write the report to this file")
+    _report.add_markdown_flag(ap)
     args = ap.parse_args(argv)
-    for flag, minimum in (("batch", 1), ("heads", 1), ("head_dim", 1), ("repeats", 1),
-                          ("warmup", 0), ("max_materialised_gib", 0)):  # fmt: skip
-        value = getattr(args, flag)
-        if value is not None and value < minimum:
-            ap.error(f"--{flag.replace('_', '-')} must be ≥ {minimum}, got {value}")
+    minimums = {"batch": 1, "heads": 1, "head_dim": 1, "repeats": 1, "warmup": 0,
+                "max_materialised_gib": 0}  # fmt: skip
+    _report.check_minimums(ap, args, minimums)
     if args.sizes is not None and min(args.sizes) < 1:
         ap.error(f"--sizes must be ≥ 1, got {args.sizes}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -403,19 +392,16 @@ def main(argv: list[str] | None = None) -> int:
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     cfg = replace(cfg, causal=not args.not_causal, backward=args.backward)
     if cuda and gpu.backend_for(torch.empty(0, device=device)) != "cupy":
-        log("warning: CuPy or the kernels are missing; gpu.metric_attention runs the torch path")
-    command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
-    load_start = load_average()
+        _report.log(
+            "warning: CuPy or the kernels are missing; gpu.metric_attention runs the torch path"
+        )
+    command = _report.command_line()
+    load_start = _report.load_average()
     methods = build_methods(cuda)
     measure(methods, cfg, device)
-    load = f"1-minute load average at start / end: {load_start} / {load_average()}."
+    load = _report.load_span(load_start)
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
-    text = report(methods, cfg, name, command, load, args.quick)
-    print(text, end="")
-    if args.markdown is not None:
-        tmp = args.markdown.with_name(args.markdown.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(args.markdown)
+    _report.emit(report(methods, cfg, name, command, load, args.quick), args.markdown)
     return 0
 
 

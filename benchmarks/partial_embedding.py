@@ -35,16 +35,13 @@ writes the report to a file.
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
+import _report
 import torch
-from _report import load_average, machine_line
 from torch import nn
 
 from models.embedding import PartiallyFrozenEmbedding, remap
@@ -191,7 +188,7 @@ def measure_steps(methods: list[Method], cfg: Config) -> None:
     for step in range(cfg.steps):  # take turns: a burst of load hits every method alike
         for method in methods:
             method.times_s.append(train_step(method, step))
-        log(f"  round {step + 1}/{cfg.steps}")
+        _report.log(f"  round {step + 1}/{cfg.steps}")
 
 
 def state_bytes(method: Method) -> int:
@@ -210,23 +207,16 @@ class RemapResult:
     apply_s: float
 
 
-def median_s(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), result
-
-
 def measure_remap(cfg: Config, order_v: torch.Tensor) -> RemapResult:
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     ids_nt = torch.randint(0, cfg.vocab, (cfg.remap_rows, cfg.seq), generator=gen)
-    vectorised_s, new_nt = median_s(lambda: remap(ids_nt, order_v), cfg.remap_repeats)
+    vectorised_s, new_nt = _report.median_s(lambda: remap(ids_nt, order_v), cfg.remap_repeats)
     buffer_nt = torch.empty_like(ids_nt)
-    into_out_s, _ = median_s(lambda: remap(ids_nt, order_v, out=buffer_nt), cfg.remap_repeats)
-    log(f"  remap {ids_nt.numel():,} ids with the dict .apply_ (slow) ...")
-    apply_s, applied_nt = median_s(lambda: seed_apply_remap(ids_nt, order_v), 1)
+    into_out_s, _ = _report.median_s(
+        lambda: remap(ids_nt, order_v, out=buffer_nt), cfg.remap_repeats
+    )
+    _report.log(f"  remap {ids_nt.numel():,} ids with the dict .apply_ (slow) ...")
+    apply_s, applied_nt = _report.median_s(lambda: seed_apply_remap(ids_nt, order_v), 1)
     if not (torch.equal(new_nt, applied_nt) and torch.equal(buffer_nt, applied_nt)):
         raise AssertionError("remap and the dict .apply_ disagree")
     return RemapResult(ids_nt.numel(), vectorised_s, into_out_s, apply_s)
@@ -256,31 +246,32 @@ def report(
 ) -> str:
     medians = {m.name: statistics.median(m.times_s) for m in methods}
     ours = medians[OURS]
-    rows = [
-        "| method | median ms / step | min ms / step | this module ÷ method | "
-        "parameters, buffers, Adam state MiB |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for m in methods:
-        rows.append(
-            f"| {m.name} | {fmt_ms(medians[m.name])} | {fmt_ms(min(m.times_s))} | "
-            f"{ours / medians[m.name]:.2f} | {state_bytes(m) / MIB:.1f} |"
-        )
+    rows = _report.markdown_table(
+        ["method", "median ms / step", "min ms / step", "this module ÷ method",
+         "parameters, buffers, Adam state MiB"],
+        "lrrrr",
+        [
+            [m.name, fmt_ms(medians[m.name]), fmt_ms(min(m.times_s)),
+             f"{ours / medians[m.name]:.2f}", f"{state_bytes(m) / MIB:.1f}"]
+            for m in methods
+        ],
+    )  # fmt: skip
     speedup = remapped.apply_s / remapped.vectorised_s
-    remap_rows = [
-        f"| remap of {remapped.num_ids:,} ids | seconds | speed-up × |",
-        "|---|---:|---:|",
-        f"| models.embedding.remap (vectorised) | {fmt_s(remapped.vectorised_s)} | "
-        f"{fmt_x(speedup)} |",
-        f"| models.embedding.remap, out= a reused buffer | {fmt_s(remapped.into_out_s)} | "
-        f"{fmt_x(remapped.apply_s / remapped.into_out_s)} |",
-        f"| seed: dict + .apply_ (run once) | {fmt_s(remapped.apply_s)} | 1 |",
-    ]
+    remap_rows = _report.markdown_table(
+        [f"remap of {remapped.num_ids:,} ids", "seconds", "speed-up ×"],
+        "lrr",
+        [
+            ["models.embedding.remap (vectorised)", fmt_s(remapped.vectorised_s), fmt_x(speedup)],
+            ["models.embedding.remap, out= a reused buffer", fmt_s(remapped.into_out_s),
+             fmt_x(remapped.apply_s / remapped.into_out_s)],
+            ["seed: dict + .apply_ (run once)", fmt_s(remapped.apply_s), "1"],
+        ],
+    )  # fmt: skip
     vs_seed = ours / medians[SEED]
     vs_full = ours / medians[FULL]
     num_trainable = round(cfg.trainable_fraction * cfg.vocab)
     lines = [
-        machine_line(
+        _report.machine_line(
             f"torch {torch.__version__}, "
             f"torch.get_num_threads() = {torch.get_num_threads()}"
         ),
@@ -307,23 +298,15 @@ def report(
     return "\n".join(lines) + "\n"
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # --- command line ---------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("--quick", action="store_true", help="a smoke run at tiny sizes")
+    ap = _report.new_parser(__doc__, quick="a smoke run at tiny sizes")
     ap.add_argument("--steps", type=int, help="timed steps per method (default 30; quick 3)")
     ap.add_argument("--warmup", type=int, help="untimed steps per method first (default 3)")
     ap.add_argument("--remap-repeats", type=int, help="timed runs of remap (default 5)")
-    ap.add_argument("--markdown", type=Path, help="also write the report to this file")
+    _report.add_markdown_flag(ap)
     args = ap.parse_args(argv)
-    for flag, minimum in (("steps", 1), ("warmup", 0), ("remap_repeats", 1)):
-        value = getattr(args, flag)
-        if value is not None and value < minimum:
-            ap.error(f"--{flag.replace('_', '-')} must be ≥ {minimum}, got {value}")
+    _report.check_minimums(ap, args, {"steps": 1, "warmup": 0, "remap_repeats": 1})
     return args
 
 
@@ -340,20 +323,17 @@ def main(argv: list[str] | None = None) -> int:
         if v is not None
     }
     cfg = replace(cfg, **overrides)
-    command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
-    load_start = load_average()
+    command = _report.command_line()
+    load_start = _report.load_average()
     torch.manual_seed(cfg.seed)  # the seed's module initialises its trainable rows from it
-    log("building the modules ...")
+    _report.log("building the modules ...")
     methods, _, order_v = build_methods(cfg)
-    log("timing training steps ...")
+    _report.log("timing training steps ...")
     measure_steps(methods, cfg)
-    log("timing remap ...")
+    _report.log("timing remap ...")
     remapped = measure_remap(cfg, order_v)
-    load = f"1-minute load average at start / end: {load_start} / {load_average()}."
-    text = report(methods, remapped, cfg, command, load, args.quick)
-    print(text, end="")
-    if args.markdown is not None:
-        args.markdown.write_text(text, encoding="utf-8")
+    text = report(methods, remapped, cfg, command, _report.load_span(load_start), args.quick)
+    _report.emit(text, args.markdown)
     return 0
 
 

@@ -28,16 +28,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
-import os
 import shlex
 import statistics
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
+import _report
 import torch
 import torch.nn.functional as F
-from _report import load_average, machine_line
 
 import flowgraph as fg
 import gpu
@@ -179,12 +177,7 @@ def time_method(run, sets, warmup: int, repeats: int, backward: bool) -> tuple[f
     torch.cuda.reset_peak_memory_stats()
     times = []
     for i in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        once(i)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(_report.cuda_ms(lambda: once(i)))  # noqa: B023  # called right here
     peak = torch.cuda.max_memory_allocated() - base
     return statistics.median(times), peak
 
@@ -195,8 +188,8 @@ def report(args) -> str:
         "",
         f"Command: `python benchmarks/sparse_attention.py {shlex.join(sys.argv[1:])}`",
         "",
-        machine_line(f"torch {torch.__version__}"),
-        f"GPU: {torch.cuda.get_device_name()}; load average {load_average()}",
+        _report.machine_line(f"torch {torch.__version__}"),
+        f"GPU: {torch.cuda.get_device_name()}; load average {_report.load_average()}",
         "",
     ]
     pass_name = "forward + backward" if args.backward else "forward"
@@ -232,7 +225,10 @@ def report(args) -> str:
 
 
 def check_only(args) -> str:
-    lines = [machine_line(f"torch {torch.__version__}"), f"GPU: {torch.cuda.get_device_name()}"]
+    lines = [
+        _report.machine_line(f"torch {torch.__version__}"),
+        f"GPU: {torch.cuda.get_device_name()}",
+    ]
     for name in PATTERNS:
         for d in (64, 128):
             case = build_case(name, 256, d, 2, 32)
@@ -261,18 +257,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--sets", type=int, default=3, help="input sets to rotate over")
     parser.add_argument("--check", action="store_true", help="correctness, tiny sizes, then exit")
-    parser.add_argument("--markdown", type=Path, help="also write the report to this file")
+    _report.add_markdown_flag(parser)
     args = parser.parse_args(argv)
     why = need_cuda()
     if why is not None:
         print(f"benchmarks/sparse_attention.py needs a CUDA GPU with CuPy: {why}", file=sys.stderr)
         return 2
     text = check_only(args) if args.check else report(args)
-    print(text, end="")
-    if args.markdown is not None:
-        tmp = args.markdown.with_suffix(args.markdown.suffix + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, args.markdown)
+    _report.emit(text, args.markdown)
     return 0
 
 

@@ -27,9 +27,9 @@ import statistics
 import sys
 import time
 
+import _report
 import torch
 import torch.nn.functional as F
-from _report import load_average, machine_line
 
 from models.gpt import GPT, GPTConfig
 
@@ -97,13 +97,13 @@ def measure(size_name: str, device: str, steps: int, warmup: int, batch: int | N
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap = _report.new_parser(__doc__)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--sizes", default="demo,large", help="comma-separated: demo, large")
     ap.add_argument("--steps", type=int, default=10, help="timed rounds (median reported)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--large-batch", type=int, default=8)
-    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    _report.add_threads_flag(ap)
     ap.add_argument("--quick", action="store_true", help="tiny smoke test")
     return ap.parse_args(argv)
 
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--sizes: unknown size {s!r}; expected demo, large", file=sys.stderr)
             return 2
     steps, warmup = (2, 1) if args.quick else (args.steps, args.warmup)
-    load_start = load_average()
+    load_start = _report.load_average()
     rows = []
     for s in sizes:
         batch = args.large_batch if s == "large" else None
@@ -129,13 +129,18 @@ def main(argv: list[str] | None = None) -> int:
         else f"{torch.get_num_threads()} torch threads"
     )
     command = shlex.join(["python", "benchmarks/training.py", *(argv or sys.argv[1:])])
-    print(machine_line(f"torch {torch.__version__}; device {args.device} ({device})"))
+    print(_report.machine_line(f"torch {torch.__version__}; device {args.device} ({device})"))
     print(f"\nCommand: `{command}`")
-    print(f"\n1-minute load average at start / end: {load_start} / {load_average()}.\n")
-    print("| size | attention | batch | step ms | tokens/s | speed vs sdpa |")
-    print("|---|---|---:|---:|---:|---:|")
-    for size, name, batch, ms, tps, rel in rows:
-        print(f"| {size} | {name} | {batch} | {ms:.1f} | {tps:,.0f} | {rel:.2f}× |")
+    print(f"\n{_report.load_span(load_start)}\n")
+    table = _report.markdown_table(
+        ["size", "attention", "batch", "step ms", "tokens/s", "speed vs sdpa"],
+        "llrrrr",
+        [
+            [size, name, batch, f"{ms:.1f}", f"{tps:,.0f}", f"{rel:.2f}×"]
+            for size, name, batch, ms, tps, rel in rows
+        ],
+    )
+    print("\n".join(table))
     return 0
 
 

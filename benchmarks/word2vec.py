@@ -27,16 +27,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import _report
 import numpy as np
 import torch
-from _report import load_average, machine_line
 
 from models.word2vec import WordVectors, train_word2vec
 
@@ -118,7 +117,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Result], int]:
     results = [Result(OURS), Result(HOGWILD), Result(GENSIM)]
     for seed in range(args.repeats):
         for result, fn in zip(results, (run_ours, run_hogwild, run_gensim), strict=True):
-            log(f"{result.name}, seed {seed} ...")
+            _report.log(f"{result.name}, seed {seed} ...")
             start = time.perf_counter()
             wv = fn(sentences, opts, seed, args)
             result.seconds.append(time.perf_counter() - start)
@@ -135,17 +134,17 @@ def measure(args: argparse.Namespace) -> tuple[list[Result], int]:
 def report(results: list[Result], words: int, args, command: str, load: str) -> str:
     speed = {r.name: words / statistics.median(r.seconds) for r in results}
     mean_rho = {r.name: float(np.mean(r.spearman)) if r.spearman else None for r in results}
-    rows = [
-        "| method | words/s (median) | seconds (median) | Spearman (mean) | Spearman per seed |"
-        " pairs in vocabulary |",
-        "|---|---:|---:|---:|---|---:|",
-    ]
-    for r in results:
-        rows.append(
-            f"| {r.name} | {speed[r.name]:,.0f} | {statistics.median(r.seconds):.2f} | "
-            f"{_fmt_rho(mean_rho[r.name])} | {', '.join(f'{x:.3f}' for x in r.spearman) or 'n/a'}"
-            f" | {r.pairs if r.spearman else 'n/a'} |"
-        )
+    rows = _report.markdown_table(
+        ["method", "words/s (median)", "seconds (median)", "Spearman (mean)",
+         "Spearman per seed", "pairs in vocabulary"],
+        "lrrrlr",
+        [
+            [r.name, f"{speed[r.name]:,.0f}", f"{statistics.median(r.seconds):.2f}",
+             _fmt_rho(mean_rho[r.name]), ", ".join(f"{x:.3f}" for x in r.spearman) or "n/a",
+             r.pairs if r.spearman else "n/a"]
+            for r in results
+        ],
+    )  # fmt: skip
     ratio = speed[OURS] / speed[GENSIM]
     gap = None if args.synthetic else mean_rho[OURS] - mean_rho[GENSIM]
     cuda = args.device is not None and str(args.device).startswith("cuda")
@@ -153,7 +152,7 @@ def report(results: list[Result], words: int, args, command: str, load: str) -> 
     import gensim
 
     lines = [
-        machine_line(
+        _report.machine_line(
             f"torch {torch.__version__}, gensim {gensim.__version__}, numba "
             f"{_version('numba')}, workers = {args.workers}, device = {args.device or 'cpu'}"
         ),
@@ -197,13 +196,8 @@ def _version(module: str) -> str:
         return "not installed"
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("--quick", action="store_true", help="a smoke run on a few sentences")
+    ap = _report.new_parser(__doc__, quick="a smoke run on a few sentences")
     ap.add_argument("--corpus", type=Path, help="text corpus (default gensim's head500)")
     ap.add_argument("--pairs", type=Path, help="word pairs (default gensim's wordsim353.tsv)")
     ap.add_argument("--max-sentences", type=int, help="use only the first N lines")
@@ -220,12 +214,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sample", type=float, default=1e-3)
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--alpha", type=float, default=0.025)
-    ap.add_argument("--markdown", type=Path, help="also write the report to this file")
+    _report.add_markdown_flag(ap)
     args = ap.parse_args(argv)
-    for flag in ("repeats", "workers", "epochs", "max_sentences", "synthetic"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            ap.error(f"--{flag.replace('_', '-')} must be ≥ 1, got {value}")
+    _report.check_minimums(ap, args, dict.fromkeys(("repeats", "workers", "epochs", "max_sentences",
+                                            "synthetic"), 1))  # fmt: skip
     if args.quick:
         args.max_sentences = args.max_sentences or 10
         args.repeats, args.epochs, args.min_count = 1, 1, 1
@@ -239,14 +231,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
-    load_start = load_average()
+    command = _report.command_line()
+    load_start = _report.load_average()
     results, words = measure(args)
-    load = f"1-minute load average at start / end: {load_start} / {load_average()}."
-    text = report(results, words, args, command, load)
-    print(text, end="")
-    if args.markdown is not None:
-        args.markdown.write_text(text, encoding="utf-8")
+    _report.emit(
+        report(results, words, args, command, _report.load_span(load_start)), args.markdown
+    )
     return 0
 
 

@@ -32,6 +32,7 @@ from flowgraph.reach import reachability
 
 __all__ = [
     "EDGE_PATTERNS",
+    "figure_title",
     "make_edges_figure",
     "make_flow_figure",
     "make_flow_graph_figure",
@@ -154,7 +155,7 @@ def _discrete_coloraxis(colors: Sequence[str], labels: Sequence[str]) -> dict:
     }
 
 
-def _title(text: str, *lines: str) -> dict:
+def figure_title(text: str, *lines: str) -> dict:
     """A layout title pinned to the top of the figure, with smaller subtitle lines under it."""
     return {
         "text": text,
@@ -234,7 +235,7 @@ def make_mask_figure(pattern: Pattern, step: int | None = None, *, max_n: int = 
         )
     _square_matrix_axes(fig, [(i // cols + 1, i % cols + 1) for i in range(len(steps))], pattern.n)
     fig.update_layout(
-        title=_title(
+        title=figure_title(
             f"{pattern.name}: n={pattern.n}, {_kind(pattern)}",
             "M[q, k] = 1: query q attends key k",
         ),
@@ -416,7 +417,9 @@ def make_flow_graph_figure(
     elif key is not None:
         lines.append(f"orange: where the information of key {key} goes")
     fig.update_layout(
-        title=_title(f"Information-flow graph of {pattern.name} (n={n}, {_kind(pattern)})", *lines),
+        title=figure_title(
+            f"Information-flow graph of {pattern.name} (n={n}, {_kind(pattern)})", *lines
+        ),
         xaxis={"title_text": "position", "range": [-1, n], "showgrid": False, "zeroline": False},
         yaxis={
             "tickvals": list(range(p + 1)),
@@ -568,7 +571,7 @@ def make_reachability_figure(
     report = _report_for(pattern, report)
     fig = _reach_figure([pattern], [report], max_n)
     fig.update_layout(
-        title=_title(
+        title=figure_title(
             f"Reachability of {pattern.name} (n={pattern.n}, {_kind(pattern)})", _verdict(report)
         ),
         margin_t=_top_margin(1),
@@ -609,7 +612,7 @@ def make_reachability_grid(patterns: Sequence[Pattern], max_n: int = 1024) -> go
     fig = _reach_figure(patterns, reports, max_n)
     verdicts = [f"{p.name}: {_verdict(r)}" for p, r in zip(patterns, reports, strict=True)]
     fig.update_layout(
-        title=_title(f"Which keys reach which queries (n={sizes[0]})", *verdicts),
+        title=figure_title(f"Which keys reach which queries (n={sizes[0]})", *verdicts),
         margin_t=_top_margin(len(verdicts)),
         height=fig.layout.height + 17 * len(verdicts),
     )

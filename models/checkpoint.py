@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from models._atomic import fsync_path
+
 __all__ = [
     "CheckpointError",
     "RunCheckpoint",
@@ -58,14 +60,6 @@ class RunCheckpoint:
     config: dict[str, Any]
     model_state: dict[str, torch.Tensor]
     trainer_state: dict[str, Any] | None
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256(path: Path) -> str:
@@ -114,24 +108,24 @@ def save_checkpoint(
             files.append(TRAINER)
         checksums = {}
         for name in files:
-            _fsync(tmp / name)
+            fsync_path(tmp / name)
             checksums[name] = _sha256(tmp / name)
         text = json.dumps({"format": FORMAT, "config": config, "checksums": checksums}, indent=2)
         with open(tmp / CONFIG, "w", encoding="utf-8") as f:
             f.write(text + "\n")
             f.flush()
             os.fsync(f.fileno())
-        _fsync(tmp)
+        fsync_path(tmp)
         if path.exists():
             old = parent / f".{path.name}.old-{os.getpid()}"
             shutil.rmtree(old, ignore_errors=True)
             os.rename(path, old)
             os.rename(tmp, path)
-            _fsync(parent)
+            fsync_path(parent)
             shutil.rmtree(old)
         else:
             os.rename(tmp, path)
-        _fsync(parent)
+        fsync_path(parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -28,6 +28,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from flowgraph.plot import figure_title
 from models.heads.metrics import QKForm
 
 __all__ = [
@@ -71,17 +72,6 @@ def _tokens(tokens: Sequence[str] | None, size: int) -> list[str]:
     if len(tokens) != size:
         raise ValueError(f"tokens must have one label per row ({size}), got {len(tokens)}")
     return [str(t) for t in tokens]
-
-
-def _title(text: str, *lines: str) -> dict:
-    return {
-        "text": text,
-        "subtitle": {"text": "<br>".join(lines), "font": {"size": 12}},
-        "yref": "container",
-        "y": 1,
-        "yanchor": "top",
-        "pad": {"t": 14},
-    }
 
 
 def _layout(fig: go.Figure, title: dict, width: int, height: int, top: int = 110) -> None:
@@ -180,7 +170,7 @@ def make_form_figure(
     what = "metric M" if form.space == "head" else "bilinear form U"
     _layout(
         fig,
-        _title(
+        figure_title(
             title or f"{what}, {n}×{n} ({dim})",
             f"symmetry ‖sym‖/‖U‖ = {form.symmetry:.3f}; scores = {form.scale:.4g} · x_a U x_bᵀ",
         ),
@@ -234,7 +224,7 @@ def make_spectrum_figure(form: QKForm, *, title: str | None = None) -> go.Figure
     positive, negative = int((lam > 0).sum()), int((lam < 0).sum())
     _layout(
         fig,
-        _title(
+        figure_title(
             title or f"spectra of the {form.matrix.shape[0]}×{form.matrix.shape[0]} form",
             f"{positive} positive, {negative} negative eigenvalues; "
             f"‖U‖_F = {float(np.sqrt((sv**2).sum())):.4g}",
@@ -291,7 +281,7 @@ def make_token_distance_figure(
     pairs = neg_q.size // 2
     _layout(
         fig,
-        _title(
+        figure_title(
             title or "squared distances the head's symmetric form induces between tokens",
             "d²(a, b) = (e_a − e_b) S (e_a − e_b)ᵀ"
             + (f"; {pairs} pair(s) negative (S indefinite)" if pairs else ""),
@@ -330,7 +320,7 @@ def make_attention_figure(
     fig.update_yaxes(title_text="query")
     _layout(
         fig,
-        _title(title or "attention", "row q: query q's weights over the keys"),
+        figure_title(title or "attention", "row q: query q's weights over the keys"),
         width=640,
         height=640,
     )
@@ -365,7 +355,7 @@ def make_coverage_figure(
     fig.update_yaxes(title_text="layer", dtick=1, autorange="reversed", showgrid=False)
     _layout(
         fig,
-        _title(
+        figure_title(
             title or f"attention mass inside {pattern}",
             f"mean over heads {cov.mean():.3f}; lowest {cov.min():.3f} "
             f"(layer {np.unravel_index(cov.argmin(), cov.shape)[0]}, "

@@ -37,3 +37,34 @@ def run_script(name: str, *args: str, timeout: float = 300) -> subprocess.Comple
         timeout=timeout,
         check=False,
     )
+
+
+def tables(text: str) -> list[list[list[str]]]:
+    """Every markdown table in ``text``: a list of rows of cells, the header row first."""
+    found, current = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            current.append([cell.strip() for cell in line.strip("|").split("|")])
+        elif current:
+            assert set("".join(current[1])) <= {"-", ":"}, current[1]  # the separator row
+            found.append([current[0], *current[2:]])
+            current = []
+    return found
+
+
+def assert_quick_report(proc: subprocess.CompletedProcess[str], markdown: Path) -> None:
+    """What every ``--quick --markdown PATH`` run reports: the machine line first, the command,
+    the load average, the note that the numbers mean nothing, and the same text in the file."""
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Machine: ")
+    assert "Command: `" in proc.stdout and "--quick" in proc.stdout
+    assert "1-minute load average at start / end: " in proc.stdout
+    assert "a --quick smoke run" in proc.stdout
+    assert markdown.read_text(encoding="utf-8") == proc.stdout
+
+
+def assert_rejected(name: str, args: list[str], message: str) -> None:
+    """``benchmarks/<name>.py ARGS`` exits with argparse's status 2 and ``message`` on stderr."""
+    proc = run_script(name, *args)
+    assert proc.returncode == 2, proc.stdout
+    assert message in proc.stderr

@@ -16,8 +16,6 @@ from hypothesis import strategies as st
 
 from models.entity_memory import find_mentions
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "entity_memory.py"
 SPEED_COLUMNS = [
     "variant",
     "forward + backward ms",

@@ -10,24 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from bench_scripts import load_script, run_script
+from bench_scripts import assert_quick_report, load_script, run_script, tables
 
 from gpu.metric import metric_attention_reference, packed_size
 
 CPU_METHODS = ["op (CPU path)", "reference", "materialised"]
-
-
-def tables(text: str) -> list[list[list[str]]]:
-    """Every markdown table in ``text``: a list of rows of cells, the header row first."""
-    found, current = [], []
-    for line in [*text.splitlines(), ""]:
-        if line.startswith("|"):
-            current.append([cell.strip() for cell in line.strip("|").split("|")])
-        elif current:
-            assert set("".join(current[1])) <= {"-", ":"}, current[1]  # the separator row
-            found.append([current[0], *current[2:]])
-            current = []
-    return found
 
 
 def half_step(cell: str) -> float:
@@ -39,7 +26,7 @@ def half_step(cell: str) -> float:
 def test_quick_run_prints_both_tables_and_the_goals(tmp_path: Path) -> None:
     md = tmp_path / "table.md"
     proc = run_script("metric_attention", "--quick", "--device", "cpu", "--markdown", str(md))
-    assert proc.returncode == 0, proc.stderr
+    assert_quick_report(proc, md)
     times, memory = tables(proc.stdout)
     assert times[0] == [
         "n",
@@ -64,11 +51,7 @@ def test_quick_run_prints_both_tables_and_the_goals(tmp_path: Path) -> None:
     assert len(goals) == 1 and goals[0][0] == memory[-1][1]  # printed from the table
     assert goals[0][1] == ("met" if float(goals[0][0]) <= 1.2 else "NOT met")
     assert "- at least SDPA's speed: measured on a GPU only" in proc.stdout
-    assert proc.stdout.startswith("Machine: ") and "device: cpu" in proc.stdout
-    assert "Command: `" in proc.stdout and "--quick" in proc.stdout
-    assert "1-minute load average at start / end: " in proc.stdout
-    assert "a --quick smoke run" in proc.stdout
-    assert md.read_text(encoding="utf-8") == proc.stdout
+    assert "device: cpu" in proc.stdout
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,12 @@ kinds = st.sampled_from(sorted(MAKERS))
 
 
 # --- HeadWeights ----------------------------------------------------------------------------------
+def model_forms(w: HeadWeights, seed: int) -> tuple[np.ndarray, list[QKForm]]:
+    """Random inputs x (5, c) and every head's model-space form of ``w``."""
+    x_tc = rng_for(seed + 1).normal(size=(5, w.d_model))
+    return x_tc, [qk_form(w, head, "model") for head in range(w.num_heads)]
+
+
 def test_head_weights_sizes_and_copies() -> None:
     q = np.ones((2, 8, 4), dtype=np.float32)
     w = HeadWeights("dot", np.float32(0.5), w_q_hcd=q, w_k_hcd=q)
@@ -140,9 +146,8 @@ def test_form_invariants(kind: str, seed: int) -> None:
 @given(seed=seeds)
 def test_dot_form_is_wq_wkT_and_reproduces_scores(seed: int) -> None:
     w = dot_weights(seed)
-    x_tc = rng_for(seed + 1).normal(size=(5, w.d_model))
-    for head in range(w.num_heads):
-        f = qk_form(w, head)
+    x_tc, forms = model_forms(w, seed)
+    for head, f in enumerate(forms):
         q_td, k_td = x_tc @ w.w_q_hcd[head], x_tc @ w.w_k_hcd[head]
         np.testing.assert_allclose(x_tc @ f.matrix @ x_tc.T, q_td @ k_td.T, atol=1e-10)
         # the antisymmetric part is what makes r(a, b) ≠ r(b, a)
@@ -154,9 +159,8 @@ def test_dot_form_is_wq_wkT_and_reproduces_scores(seed: int) -> None:
 @given(seed=seeds)
 def test_metric_form_model_space(seed: int) -> None:
     w = metric_weights(seed)
-    x_tc = rng_for(seed + 1).normal(size=(5, w.d_model))
-    for head in range(w.num_heads):
-        f = qk_form(w, head, "model")
+    x_tc, forms = model_forms(w, seed)
+    for head, f in enumerate(forms):
         m_kk, p_ck = w.m_hkk[head], w.p_hck[head]
         p_tk = x_tc @ p_ck
         np.testing.assert_allclose(x_tc @ f.matrix @ x_tc.T, p_tk @ m_kk @ p_tk.T, atol=1e-9)

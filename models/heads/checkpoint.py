@@ -103,6 +103,34 @@ def linear_per_head(w_oc: torch.Tensor, n_head: int) -> np.ndarray:
     return w_cn.reshape(c, n_head, out // n_head).permute(1, 0, 2).numpy()
 
 
+def fused_qkv_weights(w_3cc: torch.Tensor, n_head: int, scale: float) -> HeadWeights:
+    """Dot-product query/key weights of a fused (3c, c) q|k|v Linear weight (GPT-2, nanoGPT)."""
+    c = w_3cc.shape[1]
+    return HeadWeights(
+        "dot",
+        scale,
+        w_q_hcd=linear_per_head(w_3cc[:c], n_head),
+        w_k_hcd=linear_per_head(w_3cc[c : 2 * c], n_head),
+    )
+
+
+def dot_attention_sizes(
+    *, layers: int, heads: int, width: int, n_ctx: int, vocab: int, causal: bool
+) -> dict[str, Any]:
+    """:class:`Checkpoint`'s size arguments for a transformer of dot-product heads that split
+    the model width ``width`` evenly (BERT, GPT-2, nanoGPT)."""
+    return dict(
+        attention_kind="dot",
+        num_layers=layers,
+        num_heads=heads,
+        head_dim=width // heads,
+        d_model=width,
+        n_ctx=n_ctx,
+        vocab_size=vocab,
+        causal=causal,
+    )
+
+
 def id_tokens(vocab_size: int) -> list[str]:
     """The vocabulary of a model without one: token i is ``str(i)``."""
     return [str(i) for i in range(vocab_size)]

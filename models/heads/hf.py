@@ -35,7 +35,14 @@ import torch
 import torch.nn.functional as F
 
 from models.checkpoint import CheckpointError
-from models.heads.checkpoint import Checkpoint, id_tokens, linear_per_head, split_tokenize
+from models.heads.checkpoint import (
+    Checkpoint,
+    dot_attention_sizes,
+    fused_qkv_weights,
+    id_tokens,
+    linear_per_head,
+    split_tokenize,
+)
 from models.heads.safe_load import TensorStore, check_shapes
 from models.heads.weights import HeadWeights
 
@@ -180,19 +187,10 @@ class BertCheckpoint(_HFCheckpoint):
         self.eps = float(config.get("layer_norm_eps", 1e-12))
         self.act = _activation(config, "hidden_act", "gelu", file)
         names = _resolve_names(store, "embeddings.word_embeddings.weight", rename_gamma_beta=True)
-        super().__init__(
-            path,
-            store,
-            names,
-            attention_kind="dot",
-            num_layers=L,
-            num_heads=H,
-            head_dim=c // H,
-            d_model=c,
-            n_ctx=P - offset,
-            vocab_size=V,
-            causal=False,
+        sizes = dot_attention_sizes(
+            layers=L, heads=H, width=c, n_ctx=P - offset, vocab=V, causal=False
         )
+        super().__init__(path, store, names, **sizes)
         expected = {
             "embeddings.word_embeddings.weight": (V, c),
             "embeddings.position_embeddings.weight": (P, c),
@@ -345,19 +343,8 @@ class GPT2Checkpoint(_HFCheckpoint):
         by_layer = bool(config.get("scale_attn_by_inverse_layer_idx", False))
         self.scales = [base / (i + 1) if by_layer else base for i in range(L)]
         names = _resolve_names(store, "wte.weight", rename_gamma_beta=False)
-        super().__init__(
-            path,
-            store,
-            names,
-            attention_kind="dot",
-            num_layers=L,
-            num_heads=H,
-            head_dim=c // H,
-            d_model=c,
-            n_ctx=P,
-            vocab_size=V,
-            causal=True,
-        )
+        sizes = dot_attention_sizes(layers=L, heads=H, width=c, n_ctx=P, vocab=V, causal=True)
+        super().__init__(path, store, names, **sizes)
         expected = {"wte.weight": (V, c), "wpe.weight": (P, c)}
         for i in range(L):
             for part, shape in (
@@ -407,13 +394,7 @@ class GPT2Checkpoint(_HFCheckpoint):
 
     def _head_weights(self, layer: int) -> HeadWeights:
         w_3cc = self._layers()[layer].qkv[0]  # (3c, c), Linear orientation
-        c = self.d_model
-        return HeadWeights(
-            "dot",
-            self.scales[layer],
-            w_q_hcd=linear_per_head(w_3cc[:c], self.num_heads),
-            w_k_hcd=linear_per_head(w_3cc[c : 2 * c], self.num_heads),
-        )
+        return fused_qkv_weights(w_3cc, self.num_heads, self.scales[layer])
 
     def _token_embeddings(self) -> torch.Tensor:
         return self._tensor("wte.weight")

@@ -29,8 +29,9 @@ from models.checkpoint import CheckpointError
 from models.heads.checkpoint import (
     Checkpoint,
     char_tokenize,
+    dot_attention_sizes,
+    fused_qkv_weights,
     id_tokens,
-    linear_per_head,
     split_tokenize,
 )
 from models.heads.hf import DecoderLayer, decoder_attention
@@ -61,18 +62,8 @@ class NanoGPTCheckpoint(Checkpoint):
         P = _arg(args, "block_size", path)
         if c % H:
             raise CheckpointError(f"{path}: n_embd={c} is not a multiple of n_head={H}")
-        super().__init__(
-            path,
-            name=name,
-            attention_kind="dot",
-            num_layers=L,
-            num_heads=H,
-            head_dim=c // H,
-            d_model=c,
-            n_ctx=P,
-            vocab_size=V,
-            causal=True,
-        )
+        sizes = dot_attention_sizes(layers=L, heads=H, width=c, n_ctx=P, vocab=V, causal=True)
+        super().__init__(path, name=name, **sizes)
         self.store = store
         self.bias = bool(args.get("bias", "transformer.h.0.ln_1.bias" in store))
         expected = {"transformer.wte.weight": (V, c), "transformer.wpe.weight": (P, c)}
@@ -137,13 +128,8 @@ class NanoGPTCheckpoint(Checkpoint):
         )
 
     def _head_weights(self, layer: int) -> HeadWeights:
-        w_3cc, c = self._layers()[layer].qkv[0], self.d_model
-        return HeadWeights(
-            "dot",
-            1.0 / math.sqrt(self.head_dim),
-            w_q_hcd=linear_per_head(w_3cc[:c], self.num_heads),
-            w_k_hcd=linear_per_head(w_3cc[c : 2 * c], self.num_heads),
-        )
+        w_3cc = self._layers()[layer].qkv[0]  # (3c, c), Linear orientation
+        return fused_qkv_weights(w_3cc, self.num_heads, 1.0 / math.sqrt(self.head_dim))
 
     def _token_embeddings(self) -> torch.Tensor:
         return self._tensor("transformer.wte.weight")

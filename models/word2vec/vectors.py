@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from models._atomic import fsync_path
+
 __all__ = ["WordNotInVocabularyError", "WordVectors"]
 
 FORMAT = 1
@@ -190,7 +192,7 @@ class WordVectors:
             }
             (tmp / VOCAB_FILE).write_text(json.dumps(vocab, ensure_ascii=False), "utf-8")
             for name in (VECTORS_FILE, VOCAB_FILE):
-                _fsync(tmp / name)
+                fsync_path(tmp / name)
             old = None
             if path.exists():
                 if not path.is_dir():
@@ -222,11 +224,3 @@ class WordVectors:
         if set(tensors) != {"vectors"}:
             raise ValueError(f"path: expected one tensor 'vectors', got {sorted(tensors)}")
         return cls(vocab["words"], tensors["vectors"], counts=vocab.get("counts"))
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
