@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 import flowgraph as fg
+from app.cli_command import add_command
 from app.cli_dashboard import add_subcommand as add_dashboard
 from app.cli_heads import add_subcommand as add_heads
 from app.cli_word2vec import add_subcommand as add_word2vec
@@ -41,13 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"flowgraph {fg.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    check = sub.add_parser(
+    check = add_command(
+        sub,
         "check",
-        help="check a pattern for full information, edges, in-degree, causality and flow",
-        description=(
-            "Check a sparse attention pattern. Exit status: 0 full information, "
-            "1 information is missing, 2 bad arguments."
-        ),
+        _run_check,
+        "check a pattern for full information, edges, in-degree, causality and flow",
+        "Check a sparse attention pattern. Exit status: 0 full information, "
+        "1 information is missing, 2 bad arguments.",
     )
     check.add_argument("pattern", nargs="?", choices=PATTERNS, help="a named pattern")
     check.add_argument("--masks", type=Path, metavar="FILE.npz", help="check masks from a file")
@@ -75,12 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--heads", type=int, help="heads per layer (with --mode heads)")
     check.add_argument("--flow", action="store_true", help="also compute the flow constraint")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
-    check.set_defaults(run=_run_check)
 
-    demo = sub.add_parser("demo", help="check the published patterns and draw them")
+    demo = add_command(sub, "demo", _run_demo, "check the published patterns and draw them")
     demo.add_argument("--n", type=int, default=1024, help="sequence length of the comparison")
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for pictures")
-    demo.set_defaults(run=_run_demo)
     _add_train(sub)
     add_dashboard(sub)
     add_heads(sub)
@@ -89,13 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    train = sub.add_parser(
+    train = add_command(
+        sub,
         "train",
-        help="train a small GPT (sdpa, quadratic or metric attention, optionally sparse)",
-        description=(
-            "Train a small GPT on a task; metrics go to OUT/metrics.jsonl and the latest "
-            "checkpoint to OUT/checkpoint/. --demo trains the three demo sorters into runs/."
-        ),
+        _run_train,
+        "train a small GPT (sdpa, quadratic or metric attention, optionally sparse)",
+        "Train a small GPT on a task; metrics go to OUT/metrics.jsonl and the latest "
+        "checkpoint to OUT/checkpoint/. --demo trains the three demo sorters into runs/.",
     )
     train.add_argument("--demo", action="store_true", help="train the demo sorters into runs/")
     train.add_argument("--task", choices=("sort", "chars"), default="sort")
@@ -132,7 +131,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="CPU threads for torch (default: torch's; --demo uses 1: small models on a busy "
         "CPU run many times slower with more)",
     )
-    train.set_defaults(run=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:

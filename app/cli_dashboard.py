@@ -12,21 +12,21 @@ import argparse
 import logging
 from pathlib import Path
 
+from app.cli_command import add_command
+
 __all__ = ["add_subcommand", "run_dashboard"]
 
 DEFAULT_RUNS, DEFAULT_VECTORS = Path("runs"), Path("vectors")
+HELP = "serve the dashboard (patterns, heads, embeddings) in the browser"
+DESCRIPTION = (
+    "Serve the Dash dashboard. Checkpoints are opened only from --runs and --checkpoint; "
+    "word2vec vectors only from --vectors. Everything is served locally (works offline)."
+)
 
 
 def add_subcommand(sub: argparse._SubParsersAction) -> None:
     """Add ``dashboard`` to the ``flowgraph`` command's subparsers."""
-    parser = sub.add_parser(
-        "dashboard",
-        help="serve the dashboard (patterns, heads, embeddings) in the browser",
-        description=(
-            "Serve the Dash dashboard. Checkpoints are opened only from --runs and --checkpoint; "
-            "word2vec vectors only from --vectors. Everything is served locally (works offline)."
-        ),
-    )
+    parser = add_command(sub, "dashboard", run_dashboard, HELP, DESCRIPTION)
     parser.add_argument(
         "--runs", type=Path, help="folder of training runs (default: runs/ when it exists)"
     )
@@ -49,7 +49,6 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="serve at once, without loading checkpoints and computing first views",
     )
-    parser.set_defaults(run=run_dashboard)
 
 
 def run_dashboard(args: argparse.Namespace) -> int:

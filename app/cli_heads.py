@@ -26,25 +26,24 @@ from typing import Any
 import numpy as np
 
 import flowgraph as fg
+from app.cli_command import add_command
 
 __all__ = ["add_subcommand", "head_figures", "parse_ids", "run_heads", "write_figures"]
 
 PATTERNS = ("dense", "local", "strided", "fixed", "ltr", "rtl", "star")
 BIDIRECTIONAL_ONLY = ("ltr", "rtl", "star")
 MODES = ("interleave", "merged", "heads")
+HELP = "draw one attention head of a checkpoint (form, spectra, attention, distances)"
+DESCRIPTION = (
+    "Write the pictures of one attention head of a checkpoint (a flowgraph run, a "
+    "Hugging Face BERT-family or GPT-2 directory, a nanoGPT ckpt.pt) into one HTML or "
+    "PNG file. Exit status 2 on bad arguments."
+)
 
 
 def add_subcommand(sub: argparse._SubParsersAction) -> None:
     """Add ``heads`` to the ``flowgraph`` parser's subcommands."""
-    heads = sub.add_parser(
-        "heads",
-        help="draw one attention head of a checkpoint (form, spectra, attention, distances)",
-        description=(
-            "Write the pictures of one attention head of a checkpoint (a flowgraph run, a "
-            "Hugging Face BERT-family or GPT-2 directory, a nanoGPT ckpt.pt) into one HTML or "
-            "PNG file. Exit status 2 on bad arguments."
-        ),
-    )
+    heads = add_command(sub, "heads", run_heads, HELP, DESCRIPTION)
     heads.add_argument("path", type=Path, metavar="PATH", help="the checkpoint")
     tokens = heads.add_mutually_exclusive_group()
     tokens.add_argument("--text", help="text to tokenize with the checkpoint's tokenizer")
@@ -64,7 +63,6 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
     heads.add_argument(
         "--out", type=Path, required=True, metavar="FILE", help="FILE.html or FILE.png"
     )
-    heads.set_defaults(run=run_heads)
 
 
 def _usage_error(message: str) -> ValueError:

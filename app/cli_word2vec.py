@@ -15,20 +15,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from app.cli_command import add_command
+
 __all__ = ["add_subcommand", "run_word2vec"]
+
+HELP = "train word2vec (skip-gram, negative sampling) on a text file"
+DESCRIPTION = (
+    "Train skip-gram word vectors with negative sampling on CORPUS.txt (one sentence "
+    "per line) and save them to OUT (vectors.safetensors + vocab.json). "
+    "Exit status 2 on bad arguments."
+)
 
 
 def add_subcommand(sub: argparse._SubParsersAction) -> None:
     """Add ``word2vec`` to the ``flowgraph`` parser's subcommands."""
-    w2v = sub.add_parser(
-        "word2vec",
-        help="train word2vec (skip-gram, negative sampling) on a text file",
-        description=(
-            "Train skip-gram word vectors with negative sampling on CORPUS.txt (one sentence "
-            "per line) and save them to OUT (vectors.safetensors + vocab.json). "
-            "Exit status 2 on bad arguments."
-        ),
-    )
+    w2v = add_command(sub, "word2vec", run_word2vec, HELP, DESCRIPTION)
     w2v.add_argument("corpus", type=Path, metavar="CORPUS.txt", help="the text corpus")
     w2v.add_argument("--out", type=Path, required=True, help="output folder, e.g. vectors/NAME")
     w2v.add_argument("--vector-size", type=int, default=100, help="dimension d (100)")
@@ -49,7 +50,6 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
         "vocabulary; results vary between runs)",
     )
     w2v.add_argument("--quiet", action="store_true", help="no progress bar")
-    w2v.set_defaults(run=run_word2vec)
 
 
 def run_word2vec(args: argparse.Namespace) -> int:

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -143,3 +145,41 @@ def test_lru_cache_keeps_the_most_recent():
     assert (cache.hits, cache.misses, len(cache)) == (1, 4, 2)
     with pytest.raises(ValueError, match="maxsize"):
         LRUCache(0)
+
+
+def test_lru_cache_computes_a_key_once_for_threads_asking_together():
+    cache = LRUCache(4)
+    started, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def slow() -> str:
+        calls.append("slow")
+        started.set()
+        release.wait()
+        return "value"
+
+    results: list[str] = []
+    first = threading.Thread(target=lambda: results.append(cache.get("k", slow)))
+    first.start()
+    started.wait()
+    second = threading.Thread(target=lambda: results.append(cache.get("k", slow)))
+    second.start()
+    while not cache._pending["k"]._cond._waiters:  # the second thread waits on the first
+        time.sleep(0.001)
+    release.set()
+    first.join()
+    second.join()
+    assert results == ["value", "value"] and calls == ["slow"]
+    assert (cache.hits, cache.misses) == (1, 1)
+
+
+def test_lru_cache_after_a_failed_computation_the_next_caller_computes():
+    cache = LRUCache(4)
+
+    def fail() -> int:
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError, match="bad input"):
+        cache.get("k", fail)
+    assert cache.get("k", lambda: 7) == 7
+    assert not cache._pending

@@ -8,6 +8,7 @@ from pathlib import Path
 import dash
 from dash import Dash, dcc, html
 
+from app.dashboard.plotlyjs import gzipped_plotlyjs, serve_plotlyjs
 from app.dashboard.state import STATE_KEY, DashboardState
 from app.pages import embeddings, heads, patterns
 
@@ -52,6 +53,7 @@ def create_app(runs: Path | None, checkpoints: Sequence[Path], vectors: Path | N
         title="flowgraph dashboard",
         update_title=None,
     )
+    serve_plotlyjs(app)
     app.server.config[STATE_KEY] = state
     app.server.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
 
@@ -93,10 +95,12 @@ def create_app(runs: Path | None, checkpoints: Sequence[Path], vectors: Path | N
 
 
 def warm(app: Dash) -> list[str]:
-    """Fill the caches before serving: load the first checkpoints and compute what each page
-    shows on arrival (its ``warm(state)``), so the first visit does not wait for torch's import,
-    file reads or the first figures. Returns the labels of the loaded checkpoints."""
+    """Fill the caches before serving: gzip plotly.js, load the first checkpoints and compute
+    what each page shows on arrival (its ``warm(state)``), so the first visit does not wait for
+    torch's import, file reads or the first figures. Returns the labels of the loaded
+    checkpoints."""
     state: DashboardState = app.server.config[STATE_KEY]
+    gzipped_plotlyjs()
     loaded = state.warm()
     for page in PAGES:
         page.warm(state)

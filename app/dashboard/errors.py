@@ -29,9 +29,13 @@ def message(text: str, kind: str = "error") -> html.Div:
     return html.Div(text, className=f"fg-message fg-{kind}", role="alert")
 
 
-def guard(outputs: int, message_at: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def guard(
+    outputs: int, message_at: int | None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a callback returning ``outputs`` values, the one at ``message_at`` being the
-    page's message area: exceptions turn into a message there and ``no_update`` elsewhere."""
+    page's message area: exceptions turn into a message there and ``no_update`` elsewhere.
+    ``message_at`` None: a callback whose failures another callback's message already shows
+    (same inputs, same checks) only keeps its outputs (``no_update``)."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
@@ -46,7 +50,8 @@ def guard(outputs: int, message_at: int) -> Callable[[Callable[..., Any]], Calla
                 log.exception("dashboard callback %s failed", fn.__name__)
                 text = f"internal error ({type(exc).__name__}); the server log has the details"
             result: list[Any] = [no_update] * outputs
-            result[message_at] = message(text)
+            if message_at is not None:
+                result[message_at] = message(text)
             return result[0] if outputs == 1 else tuple(result)
 
         return guarded

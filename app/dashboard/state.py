@@ -29,8 +29,10 @@ log = logging.getLogger("flowgraph.dashboard")
 
 class LRUCache:
     """A thread-safe least-recently-used cache of computed values (Flask serves requests on
-    several threads). A value is computed outside the lock: two threads asking for one missing
-    key may both compute it, which is harmless here and never blocks other keys."""
+    several threads). A value is computed outside the lock, so other keys are never blocked;
+    threads asking for a key that is being computed wait for that computation instead of
+    repeating it (the Heads page's two halves, or a prefetch, may ask for one checkpoint at once).
+    """
 
     def __init__(self, maxsize: int) -> None:
         if maxsize < 1:
@@ -38,21 +40,33 @@ class LRUCache:
         self.maxsize = maxsize
         self.hits = self.misses = 0
         self._data: OrderedDict[Hashable, Any] = OrderedDict()
+        self._pending: dict[Hashable, threading.Event] = {}
         self._lock = threading.Lock()
 
     def get(self, key: Hashable, compute: Callable[[], T]) -> T:
-        with self._lock:
-            if key in self._data:
+        while True:
+            with self._lock:
+                if key in self._data:
+                    self._data.move_to_end(key)
+                    self.hits += 1
+                    return self._data[key]
+                running = self._pending.get(key)
+                if running is None:
+                    self._pending[key] = done = threading.Event()
+                    self.misses += 1
+                    break
+            running.wait()  # then look again: stored, or it failed and this thread computes
+        try:
+            value = compute()
+            with self._lock:
+                self._data[key] = value
                 self._data.move_to_end(key)
-                self.hits += 1
-                return self._data[key]
-            self.misses += 1
-        value = compute()
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
+                while len(self._data) > self.maxsize:
+                    self._data.popitem(last=False)
+        finally:
+            with self._lock:
+                del self._pending[key]
+            done.set()
         return value
 
     def __len__(self) -> int:

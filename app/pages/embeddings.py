@@ -21,8 +21,9 @@ from app.dashboard.figures import (
     make_distance_heatmap_figure,
     make_neighbours_figure,
     make_pca_figure,
-    placeholder_figure,
 )
+from app.dashboard.layout import control, graph_section, number_box, page, text_box
+from app.dashboard.payload import lighten
 from app.dashboard.state import DashboardState, current_state
 
 PATH, NAME, ORDER = "/embeddings", "Embeddings", 2
@@ -83,11 +84,11 @@ def explore(
     words, xy_v2, explained = state.cached(("pca", str(source)), pca)
     return {
         "info": f"{len(wv.words):,} vectors of dimension {wv.vectors.shape[1]}",
-        "neighbours": make_neighbours_figure(
-            query, [w for w, _ in neighbours], [s for _, s in neighbours]
+        "neighbours": lighten(
+            make_neighbours_figure(query, [w for w, _ in neighbours], [s for _, s in neighbours])
         ),
-        "distances": make_distance_heatmap_figure(chosen, dist_tt),
-        "pca": make_pca_figure(words, xy_v2, explained, highlight=chosen),
+        "distances": lighten(make_distance_heatmap_figure(chosen, dist_tt)),
+        "pca": lighten(make_pca_figure(words, xy_v2, explained, highlight=chosen)),
     }
 
 
@@ -104,60 +105,37 @@ def warm(state: DashboardState) -> None:
 def layout(**_query: str) -> html.Div:
     state = current_state()
     options = source_options(state)
-    return html.Div(
+    return page(
+        "Embeddings",
         [
-            html.H2("Embeddings"),
             html.Div(
                 [
-                    html.Div(
-                        [
-                            html.Label("table", className="fg-label"),
-                            dcc.Dropdown(
-                                id="embeddings-source",
-                                options=options,
-                                value=options[0]["value"] if options else None,
-                                clearable=False,
-                            ),
-                        ],
-                        className="fg-control fg-control-wide",
+                    control(
+                        "table",
+                        dcc.Dropdown(
+                            id="embeddings-source",
+                            options=options,
+                            value=options[0]["value"] if options else None,
+                            clearable=False,
+                        ),
+                        wide=True,
                     ),
-                    html.Div(
-                        [
-                            html.Label("query token", className="fg-label"),
-                            dcc.Input(
-                                id="embeddings-query",
-                                type="text",
-                                maxLength=200,
-                                debounce=True,
-                                placeholder="empty: the first token",
-                            ),
-                        ],
-                        className="fg-control",
+                    control(
+                        "query token",
+                        text_box("embeddings-query", 200, "empty: the first token"),
                     ),
-                    html.Div(
-                        [
-                            html.Label("neighbours k", className="fg-label"),
-                            dcc.Input(
-                                id="embeddings-k",
-                                type="number",
-                                value=10,
-                                debounce=True,
-                            ),
-                        ],
-                        className="fg-control",
+                    control(
+                        "neighbours k",
+                        number_box("embeddings-k", 10),
                     ),
-                    html.Div(
-                        [
-                            html.Label("tokens for the heatmap", className="fg-label"),
-                            dcc.Input(
-                                id="embeddings-tokens",
-                                type="text",
-                                maxLength=limits.MAX_TEXT_CHARS,
-                                debounce=True,
-                                placeholder="space-separated; empty: the query and neighbours",
-                            ),
-                        ],
-                        className="fg-control fg-control-wide",
+                    control(
+                        "tokens for the heatmap",
+                        text_box(
+                            "embeddings-tokens",
+                            limits.MAX_TEXT_CHARS,
+                            "space-separated; empty: the query and neighbours",
+                        ),
+                        wide=True,
                     ),
                 ],
                 className="fg-controls",
@@ -166,29 +144,13 @@ def layout(**_query: str) -> html.Div:
             html.P(id="embeddings-info"),
             html.Div(
                 [
-                    html.Div(_graph("embeddings-neighbours", "Nearest neighbours")),
-                    html.Div(_graph("embeddings-distances", "Cosine distances")),
+                    html.Div(graph_section("embeddings-neighbours", "Nearest neighbours")),
+                    html.Div(graph_section("embeddings-distances", "Cosine distances")),
                 ],
                 className="fg-side",
             ),
-            _graph("embeddings-pca", "2-D PCA map"),
+            graph_section("embeddings-pca", "2-D PCA map"),
         ],
-        className="fg-page",
-    )
-
-
-def _graph(graph_id: str, title: str) -> html.Div:
-    return html.Div(
-        [
-            html.H3(title),
-            dcc.Graph(
-                id=graph_id,
-                figure=placeholder_figure("computing…"),
-                config={"displaylogo": False},
-                mathjax=False,
-            ),
-        ],
-        className="fg-section",
     )
 
 

@@ -17,7 +17,8 @@ from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from app.dashboard import limits
 from app.dashboard.errors import guard, message
-from app.dashboard.figures import placeholder_figure
+from app.dashboard.layout import control, graph_section, page, radio, text_box
+from app.dashboard.payload import lighten
 from app.dashboard.state import DashboardState, current_state
 from app.pages.patterns import PATTERNS, build_pattern
 
@@ -25,6 +26,10 @@ PATH, NAME, ORDER = "/heads", "Heads", 1
 PARTS = ("matrix", "symmetric", "antisymmetric")
 COVERAGE_MODES = ("merged", "interleave", "heads")
 DEFAULT_TOKENS = 16  # the example input when none is typed
+# A switch redraws the top half (form, spectrum) and the bottom half (token distances,
+# attention) from two callbacks, so the top is drawn while the bottom is still on its way.
+HALVES = ("form", "tokens")
+FIGURES = {"form": ("form", "spectrum"), "tokens": ("distances", "attention")}
 MAX_PREFETCH_HEADS = 64  # a checkpoint's heads computed ahead of a switch (12×12 BERT: not all)
 
 
@@ -84,9 +89,15 @@ def head_figures(
     text: object,
     kind: str,
     positions: bool,
+    halves: tuple[str, ...] = HALVES,
 ) -> dict[str, Any]:
-    """One checkpoint's figures for one head (cached by every input)."""
+    """One checkpoint's figures for one head (cached by every input): of ``halves``, "form"
+    gives the form and spectrum figures and the symmetry, "tokens" the token distances and
+    attention figures. The input is checked either way."""
     from models import plots
+
+    if not set(halves) <= set(HALVES):
+        raise ValueError(f"halves must be among {', '.join(HALVES)}, got {halves!r}")
 
     real = str(state.resolve_checkpoint(path))
     ckpt = state.checkpoint(real)
@@ -107,34 +118,32 @@ def head_figures(
         form = ckpt.qk_form(layer, head, space)
         return (
             form,
-            plots.make_form_figure(form, parts=parts, title=f"{name}: form"),
-            plots.make_spectrum_figure(form, title=f"{name}: spectra"),
+            lighten(plots.make_form_figure(form, parts=parts, title=f"{name}: form")),
+            lighten(plots.make_spectrum_figure(form, title=f"{name}: spectra")),
         )
 
-    form, form_fig, spectrum_fig = state.cached(
-        ("form", real, layer, head, space, tuple(parts)), form_figures
-    )
+    out: dict[str, Any] = {"ckpt": ckpt, "ids": ids}
+    if "form" in halves:
+        form, out["form"], out["spectrum"] = state.cached(
+            ("form", real, layer, head, space, tuple(parts)), form_figures
+        )
+        out["symmetry"] = form.symmetry
 
     def token_figures() -> tuple[go.Figure, go.Figure]:
         d2_tt = ckpt.token_distances(layer, head, ids, positions=positions)
         attn_tt = ckpt.attention(ids)[layer, head]
         return (
-            plots.make_token_distance_figure(d2_tt, labels, title=f"{name}: token distances"),
-            plots.make_attention_figure(attn_tt, labels, title=f"{name}: attention"),
+            lighten(
+                plots.make_token_distance_figure(d2_tt, labels, title=f"{name}: token distances")
+            ),
+            lighten(plots.make_attention_figure(attn_tt, labels, title=f"{name}: attention")),
         )
 
-    distances, attention = state.cached(
-        ("tokens", real, layer, head, ids.tobytes(), positions), token_figures
-    )
-    return {
-        "ckpt": ckpt,
-        "ids": ids,
-        "symmetry": form.symmetry,
-        "form": form_fig,
-        "spectrum": spectrum_fig,
-        "distances": distances,
-        "attention": attention,
-    }
+    if "tokens" in halves:
+        out["distances"], out["attention"] = state.cached(
+            ("tokens", real, layer, head, ids.tobytes(), positions), token_figures
+        )
+    return out
 
 
 def prefetch_heads(
@@ -179,7 +188,9 @@ def coverage_figure(
         pattern = build_pattern(pattern_name, n, None, 1, ckpt.causal)
         cov_lh = ckpt.coverage(ids, pattern, mode)
         label = f"{pattern.name} (n={n}, {mode})"
-        return plots.make_coverage_figure(cov_lh, pattern=label, title=f"{ckpt.name}: {label}")
+        return lighten(
+            plots.make_coverage_figure(cov_lh, pattern=label, title=f"{ckpt.name}: {label}")
+        )
 
     return state.cached(("coverage", real, ids.tobytes(), pattern_name, mode), build)
 
@@ -199,28 +210,6 @@ def warm(state: DashboardState) -> None:
 
 
 # --- layout -----------------------------------------------------------------------------------
-def _control(label: str, control: Any, hint: str = "", wide: bool = False) -> html.Div:
-    children = [html.Label(label, className="fg-label"), control]
-    if hint:
-        children.append(html.Small(hint, className="fg-hint"))
-    return html.Div(children, className="fg-control fg-control-wide" if wide else "fg-control")
-
-
-def _graph(graph_id: str, title: str) -> html.Div:
-    return html.Div(
-        [
-            html.H3(title),
-            dcc.Graph(
-                id=graph_id,
-                figure=placeholder_figure("computing…"),
-                config={"displaylogo": False},
-                mathjax=False,
-            ),
-        ],
-        className="fg-section",
-    )
-
-
 def _choices(state: DashboardState, path: object) -> tuple[list[dict[str, Any]], ...]:
     """Layer and head radio options of a checkpoint."""
     ckpt = state.checkpoint(path)
@@ -244,19 +233,19 @@ def layout(**_query: str) -> html.Div:
         except (ValueError, TypeError, OSError) as exc:
             info = message(str(exc))
     start = 0 if layers else None
-    return html.Div(
+    return page(
+        "Heads",
         [
-            html.H2("Heads"),
             html.Div(
                 [
-                    _control(
+                    control(
                         "checkpoint",
                         dcc.Dropdown(
                             id="heads-ckpt", options=options, value=first, clearable=False
                         ),
                         wide=True,
                     ),
-                    _control(
+                    control(
                         "open by path",
                         html.Div(
                             [
@@ -271,7 +260,7 @@ def layout(**_query: str) -> html.Div:
                         ),
                         wide=True,
                     ),
-                    _control(
+                    control(
                         "compare with",
                         dcc.Dropdown(
                             id="heads-ckpt2",
@@ -281,25 +270,20 @@ def layout(**_query: str) -> html.Div:
                         ),
                         wide=True,
                     ),
-                    _control(
+                    control(
                         "layer",
-                        dcc.RadioItems(id="heads-layer", options=layers, value=start, inline=True),
+                        radio("heads-layer", layers, start),
                     ),
-                    _control(
+                    control(
                         "head",
-                        dcc.RadioItems(id="heads-head", options=heads, value=start, inline=True),
+                        radio("heads-head", heads, start),
                     ),
-                    _control(
+                    control(
                         "space",
-                        dcc.RadioItems(
-                            id="heads-space",
-                            options=["model", "head"],
-                            value="model",
-                            inline=True,
-                        ),
+                        radio("heads-space", ["model", "head"], "model"),
                         "head: the metric M (metric heads)",
                     ),
-                    _control(
+                    control(
                         "form panels",
                         dcc.Checklist(
                             id="heads-parts", options=list(PARTS), value=list(PARTS), inline=True
@@ -310,31 +294,24 @@ def layout(**_query: str) -> html.Div:
             ),
             html.Div(
                 [
-                    _control(
+                    control(
                         "input",
-                        dcc.Input(
-                            id="heads-text",
-                            type="text",
-                            maxLength=limits.MAX_TEXT_CHARS,
-                            debounce=True,
-                            placeholder="empty: an example input",
-                        ),
+                        text_box("heads-text", limits.MAX_TEXT_CHARS, "empty: an example input"),
                         f"≤ {limits.MAX_TOKENS_SHOWN} tokens",
                         wide=True,
                     ),
-                    _control(
+                    control(
                         "input is",
-                        dcc.RadioItems(
-                            id="heads-input-kind",
-                            options=[
+                        radio(
+                            "heads-input-kind",
+                            [
                                 {"label": "text", "value": "text"},
                                 {"label": "token ids", "value": "ids"},
                             ],
-                            value="text",
-                            inline=True,
+                            "text",
                         ),
                     ),
-                    _control(
+                    control(
                         "distances",
                         dcc.Checklist(
                             id="heads-positions",
@@ -342,23 +319,12 @@ def layout(**_query: str) -> html.Div:
                             value=[],
                         ),
                     ),
-                    _control(
-                        "coverage pattern",
-                        dcc.Dropdown(
-                            id="heads-pattern",
-                            options=list(PATTERNS),
-                            value="fixed",
-                            clearable=False,
-                        ),
-                    ),
-                    _control(
-                        "coverage mode",
-                        dcc.Dropdown(
-                            id="heads-mode",
-                            options=list(COVERAGE_MODES),
-                            value="merged",
-                            clearable=False,
-                        ),
+                    *(
+                        control(label, dcc.Dropdown(id=i, options=o, value=v, clearable=False))
+                        for label, i, o, v in (
+                            ("coverage pattern", "heads-pattern", list(PATTERNS), "fixed"),
+                            ("coverage mode", "heads-mode", list(COVERAGE_MODES), "merged"),
+                        )
                     ),
                 ],
                 className="fg-controls",
@@ -367,14 +333,13 @@ def layout(**_query: str) -> html.Div:
             html.Div(id="heads-message", className="fg-messages"),
             html.P(info, id="heads-info"),
             html.P(id="heads-symmetry", className="fg-verdict"),
-            _graph("heads-form", "Bilinear form"),
-            _graph("heads-spectrum", "Spectrum"),
-            _graph("heads-distances", "Induced token distances"),
-            _graph("heads-attention", "Attention on the input"),
+            graph_section("heads-form", "Bilinear form"),
+            graph_section("heads-spectrum", "Spectrum"),
+            graph_section("heads-distances", "Induced token distances"),
+            graph_section("heads-attention", "Attention on the input"),
             html.Div(id="heads-coverage-message", className="fg-messages"),
-            _graph("heads-coverage", "Coverage: attention mass inside a pattern"),
+            graph_section("heads-coverage", "Coverage: attention mass inside a pattern"),
         ],
-        className="fg-page",
     )
 
 
@@ -423,65 +388,77 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
         space = space if ckpt.attention_kind == "metric" else "model"
         return layers, layer, heads, head, describe(ckpt), space
 
+    head_inputs = [
+        Input(f"heads-{name}", "value")
+        for name in ("ckpt", "ckpt2", "layer", "head", "space", "parts", "text", "input-kind")
+    ]
+
+    def figures(half: str, controls: tuple[Any, ...]) -> tuple[list[Any], str | None, Any]:
+        """The half's figures for the controls (beside the second checkpoint's, if any), the
+        symmetry line (form half) and a note when the second checkpoint fails."""
+        from models import plots
+
+        path, path2, layer, head, space, parts, text, kind, positions = controls
+        parts = [p for p in PARTS if p in (parts or [])] or ["matrix"]
+        args = (int(layer), int(head), space, parts, text, kind, "pos" in (positions or []))
+        left = head_figures(state, str(path), *args, halves=(half,))
+        if half == "tokens":  # the half that knows every setting queues the other heads
+            prefetch_heads(state, str(path), *args[2:])
+        names = FIGURES[half]
+        figs = [left[n] for n in names]
+        symmetry = (
+            f"symmetry ‖sym‖/‖U‖ = {left['symmetry']:.3f} ({left['ckpt'].name})"
+            if half == "form"
+            else None
+        )
+        note = None
+        if path2:
+            try:
+                right = head_figures(state, str(path2), *args, halves=(half,))
+                if half == "tokens":
+                    prefetch_heads(state, str(path2), *args[2:])
+            except (ValueError, TypeError, KeyError) as exc:
+                note = message(f"compare: {exc.args[0] if exc.args else exc}", "note")
+            else:
+                titles = (left["ckpt"].name, right["ckpt"].name)
+                pairs = zip(figs, [right[n] for n in names], strict=True)
+                key = ("side", half, str(path), str(path2), *args[:3], tuple(parts), *args[4:])
+                figs = state.cached(
+                    key,
+                    lambda: [lighten(plots.side_by_side(a, b, titles=titles)) for a, b in pairs],
+                )
+                if symmetry is not None:
+                    symmetry += f"; {right['symmetry']:.3f} ({right['ckpt'].name})"
+        return figs, symmetry, note
+
     @app.callback(
         Output("heads-message", "children"),
         Output("heads-symmetry", "children"),
         Output("heads-form", "figure"),
         Output("heads-spectrum", "figure"),
+        *head_inputs,  # not the positions box: the form does not depend on it
+    )
+    @guard(outputs=4, message_at=0)
+    def update(*controls: Any) -> tuple[Any, ...]:
+        path, _, layer, head = controls[:4]
+        if not path or layer is None or head is None:
+            return (no_update,) * 4
+        figs, symmetry, note = figures("form", (*controls, None))
+        return (note, symmetry, *figs)
+
+    @app.callback(
         Output("heads-distances", "figure"),
         Output("heads-attention", "figure"),
-        Input("heads-ckpt", "value"),
-        Input("heads-ckpt2", "value"),
-        Input("heads-layer", "value"),
-        Input("heads-head", "value"),
-        Input("heads-space", "value"),
-        Input("heads-parts", "value"),
-        Input("heads-text", "value"),
-        Input("heads-input-kind", "value"),
+        *head_inputs,
         Input("heads-positions", "value"),
     )
-    @guard(outputs=6, message_at=0)
-    def update(
-        path: object,
-        path2: object,
-        layer: Any,
-        head: Any,
-        space: str,
-        parts: list[str] | None,
-        text: object,
-        kind: str,
-        positions: list[str] | None,
-    ) -> tuple[Any, ...]:
-        from models import plots
-
+    @guard(outputs=2, message_at=None)  # the same inputs fail the same way in update's message
+    def update_tokens(*controls: Any) -> tuple[Any, ...]:
+        path, _, layer, head = controls[:4]
         if not path or layer is None or head is None:
-            return (no_update,) * 6
-        parts = [p for p in PARTS if p in (parts or [])] or ["matrix"]
-        args = (int(layer), int(head), space, parts, text, kind, "pos" in (positions or []))
-        left = head_figures(state, str(path), *args)
-        prefetch_heads(state, str(path), *args[2:])
-        symmetry = f"symmetry ‖sym‖/‖U‖ = {left['symmetry']:.3f} ({left['ckpt'].name})"
-        figs = [left["form"], left["spectrum"], left["distances"], left["attention"]]
-        note = None
-        if path2:
-            try:
-                right = head_figures(state, str(path2), *args)
-                prefetch_heads(state, str(path2), *args[2:])
-            except (ValueError, TypeError, KeyError) as exc:
-                note = message(f"compare: {exc.args[0] if exc.args else exc}", "note")
-            else:
-                titles = (left["ckpt"].name, right["ckpt"].name)
-                pairs = zip(
-                    figs,
-                    [right["form"], right["spectrum"], right["distances"], right["attention"]],
-                    strict=True,
-                )
-                key = ("side", str(path), str(path2), *args[:3], tuple(parts), *args[4:])
-                figs = state.cached(
-                    key, lambda: [plots.side_by_side(a, b, titles=titles) for a, b in pairs]
-                )
-                symmetry += f"; {right['symmetry']:.3f} ({right['ckpt'].name})"
-        return (note, symmetry, *figs)
+            return (no_update,) * 2
+        figs, _, _ = figures("tokens", controls)
+        return tuple(figs)
 
     @app.callback(
         Output("heads-coverage-message", "children"),
@@ -504,5 +481,6 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
         fig = coverage_figure(state, str(path), text, kind, pattern, mode)
         if path2:
             right = coverage_figure(state, str(path2), text, kind, pattern, mode)
-            fig = plots.side_by_side(fig, right)
+            key = ("side-coverage", str(path), str(path2), text, kind, pattern, mode)
+            fig = state.cached(key, lambda: lighten(plots.side_by_side(fig, right)))
         return None, fig

@@ -11,7 +11,7 @@ import hashlib
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import plotly.graph_objects as go
 from dash import Dash, Input, Output, State, dcc, html
@@ -20,6 +20,8 @@ import flowgraph as fg
 from app.dashboard import limits
 from app.dashboard.errors import guard, message
 from app.dashboard.figures import placeholder_figure
+from app.dashboard.layout import control, graph_section, number_box, page, radio
+from app.dashboard.payload import lighten
 from app.dashboard.state import DashboardState
 from flowgraph import plot
 
@@ -183,7 +185,21 @@ def edges_figure(state: DashboardState, pattern: fg.Pattern, report: fg.Report) 
             marker={"symbol": "star", "size": 18, "color": "#e66101", "line": {"width": 1}},
         )
     )
-    return fig
+    return lighten(fig)
+
+
+class Settings(NamedTuple):
+    """The Patterns controls, as :func:`analyse` reads them (``causal`` resolved)."""
+
+    name: str
+    n: object
+    stride: object
+    summary: object
+    causal: bool
+    layers: object
+    mode: object
+    flow: bool
+    upload: dict[str, Any] | None
 
 
 def analyse(
@@ -202,21 +218,10 @@ def analyse(
     causal = direction != "bidirectional"
     if name in BIDIRECTIONAL_ONLY:
         causal = False
-    key = (
-        "patterns",
-        name,
-        n if name != UPLOAD else None,
-        stride,
-        summary,
-        causal,
-        layers,
-        mode,
-        bool(flow),
-        (upload or {}).get("sha") if name == UPLOAD else None,
-    )
-    return state.cached(
-        key, lambda: _analyse(state, name, n, stride, summary, causal, layers, mode, flow, upload)
-    )
+    n = None if name == UPLOAD else n  # an upload's n is its masks', not the box's
+    settings = Settings(name, n, stride, summary, causal, layers, mode, bool(flow), upload)
+    sha = (upload or {}).get("sha") if name == UPLOAD else None
+    return state.cached(("patterns", *settings[:-1], sha), lambda: _analyse(state, settings))
 
 
 def _uploaded(state: DashboardState, upload: dict[str, Any] | None, causal: bool) -> fg.Pattern:
@@ -231,18 +236,8 @@ def _uploaded(state: DashboardState, upload: dict[str, Any] | None, causal: bool
     return masks_from_npz(data, causal, label)
 
 
-def _analyse(
-    state: DashboardState,
-    name: str,
-    n: object,
-    stride: object,
-    summary: object,
-    causal: bool,
-    layers: object,
-    mode: object,
-    flow: bool,
-    upload: dict[str, Any] | None,
-) -> dict[str, Any]:
+def _analyse(state: DashboardState, settings: Settings) -> dict[str, Any]:
+    name, n, stride, summary, causal, layers, mode, flow, upload = settings
     uploaded = _uploaded(state, upload, causal) if name == UPLOAD else None
     pattern = stack_pattern(build_pattern(name, n, stride, summary, causal, uploaded), layers, mode)
     want_flow = bool(flow) and pattern.n <= limits.MAX_FLOW_N
@@ -255,19 +250,19 @@ def _analyse(
         flow_note = ""
     n_ = pattern.n
     if n_ <= limits.MAX_HEATMAP_N:
-        masks = plot.make_mask_figure(pattern)
-        reach = plot.make_reachability_figure(pattern, report)
+        masks = lighten(plot.make_mask_figure(pattern))
+        reach = lighten(plot.make_reachability_figure(pattern, report))
     else:
         why = f"n={n_}: heatmaps are drawn for n ≤ {limits.MAX_HEATMAP_N}"
         masks = reach = placeholder_figure(why)
     if n_ <= limits.MAX_FLOW_GRAPH_N:
-        graph = plot.make_flow_graph_figure(pattern, report)
+        graph = lighten(plot.make_flow_graph_figure(pattern, report))
     else:
         graph = placeholder_figure(
             f"n={n_}: the flow graph is drawn for n ≤ {limits.MAX_FLOW_GRAPH_N}"
         )
     flow_fig = (
-        plot.make_flow_figure(report)
+        lighten(plot.make_flow_figure(report))
         if report.flow is not None
         else placeholder_figure(flow_note, height=160)
     )
@@ -304,22 +299,15 @@ def warm(state: DashboardState) -> None:
 
 
 # --- layout -----------------------------------------------------------------------------------
-def _labelled(label: str, control: Any, hint: str = "") -> html.Div:
-    children = [html.Label(label, className="fg-label"), control]
-    if hint:
-        children.append(html.Small(hint, className="fg-hint"))
-    return html.Div(children, className="fg-control")
-
-
 def layout(**_query: str) -> html.Div:
     options = [{"label": p, "value": p} for p in PATTERNS]
     options.append({"label": "upload .npz of masks", "value": UPLOAD})
-    return html.Div(
+    return page(
+        "Patterns",
         [
-            html.H2("Patterns"),
             html.Div(
                 [
-                    _labelled(
+                    control(
                         "pattern",
                         dcc.Dropdown(
                             id="patterns-name",
@@ -328,50 +316,31 @@ def layout(**_query: str) -> html.Div:
                             clearable=False,
                         ),
                     ),
-                    _labelled(
+                    control(
                         "n",
-                        dcc.Input(
-                            id="patterns-n",
-                            type="number",
-                            value=DEFAULTS["n"],
-                            debounce=True,
-                        ),
+                        number_box("patterns-n", DEFAULTS["n"]),
                         f"2..{limits.MAX_CHECK_N}",
                     ),
-                    _labelled(
+                    control(
                         "stride",
-                        dcc.Input(id="patterns-stride", type="number", debounce=True),
+                        number_box("patterns-stride"),
                         "empty: ⌊√n⌋; the window of local, the hub of star",
                     ),
-                    _labelled(
+                    control(
                         "summary",
-                        dcc.Input(
-                            id="patterns-summary",
-                            type="number",
-                            value=DEFAULTS["summary"],
-                            debounce=True,
-                        ),
+                        number_box("patterns-summary", DEFAULTS["summary"]),
                         "columns c of fixed",
                     ),
-                    _labelled(
+                    control(
                         "direction",
-                        dcc.RadioItems(
-                            id="patterns-direction",
-                            options=["causal", "bidirectional"],
-                            value="causal",
-                            inline=True,
-                        ),
+                        radio("patterns-direction", ["causal", "bidirectional"], "causal"),
                     ),
-                    _labelled(
+                    control(
                         "layers",
-                        dcc.Input(
-                            id="patterns-layers",
-                            type="number",
-                            debounce=True,
-                        ),
+                        number_box("patterns-layers"),
                         "empty: the pattern's own steps",
                     ),
-                    _labelled(
+                    control(
                         "mode",
                         dcc.Dropdown(
                             id="patterns-mode",
@@ -380,12 +349,12 @@ def layout(**_query: str) -> html.Div:
                             clearable=False,
                         ),
                     ),
-                    _labelled(
+                    control(
                         "flow",
                         dcc.Checklist(id="patterns-flow", options=["flow"], value=[]),
                         f"max-flow per query, n ≤ {limits.MAX_FLOW_N}",
                     ),
-                    _labelled(
+                    control(
                         "masks (.npz)",
                         dcc.Upload(
                             id="patterns-upload",
@@ -411,22 +380,17 @@ def layout(**_query: str) -> html.Div:
                 ],
                 className="fg-section",
             ),
-            _graph("patterns-masks", "Step masks"),
-            _graph("patterns-reach", "Reachability after each step"),
-            _graph("patterns-flow-graph", "Information-flow graph"),
-            _graph("patterns-flow-plot", "Flow per query"),
-            _graph("patterns-edges", "Edges against n"),
+            graph_section("patterns-masks", "Step masks"),
+            graph_section("patterns-reach", "Reachability after each step"),
+            graph_section("patterns-flow-graph", "Information-flow graph"),
+            graph_section("patterns-flow-plot", "Flow per query"),
+            graph_section("patterns-edges", "Edges against n"),
             html.Div(
                 [
                     html.H3("The published patterns at one n"),
-                    _labelled(
+                    control(
                         "n",
-                        dcc.Input(
-                            id="patterns-compare-n",
-                            type="number",
-                            value=DEFAULTS["compare_n"],
-                            debounce=True,
-                        ),
+                        number_box("patterns-compare-n", DEFAULTS["compare_n"]),
                     ),
                     html.Div(id="patterns-compare-message", className="fg-messages"),
                     html.Div(id="patterns-compare"),
@@ -434,22 +398,6 @@ def layout(**_query: str) -> html.Div:
                 className="fg-section",
             ),
         ],
-        className="fg-page",
-    )
-
-
-def _graph(graph_id: str, title: str) -> html.Div:
-    return html.Div(
-        [
-            html.H3(title),
-            dcc.Graph(
-                id=graph_id,
-                figure=placeholder_figure("computing…"),
-                config={"displaylogo": False},
-                mathjax=False,
-            ),
-        ],
-        className="fg-section",
     )
 
 
@@ -486,6 +434,17 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
         label = upload_label(filename)
         return {"sha": sha, "name": label}, UPLOAD, message(f"loaded {label}.npz", "note")
 
+    inputs = [  # in analyse's order, with the flow box and the upload's key last
+        Input(f"patterns-{name}", "value")
+        for name in ("name", "n", "stride", "summary", "direction", "layers", "mode", "flow")
+    ] + [Input("patterns-upload-key", "data")]
+
+    def result(controls: tuple[Any, ...]) -> dict[str, Any]:
+        *settings, flow, upload = controls
+        return analyse(state, *settings, "flow" in (flow or []), upload)
+
+    # Two callbacks over one cached analysis: the report and the step masks at the top of the
+    # page are drawn while the figures below them are still on their way.
     @app.callback(
         Output("patterns-message", "children"),
         Output("patterns-verdict", "children"),
@@ -493,52 +452,35 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
         Output("patterns-report", "children"),
         Output("patterns-summary-text", "children"),
         Output("patterns-masks", "figure"),
-        Output("patterns-reach", "figure"),
-        Output("patterns-flow-graph", "figure"),
-        Output("patterns-flow-plot", "figure"),
-        Output("patterns-edges", "figure"),
-        Input("patterns-name", "value"),
-        Input("patterns-n", "value"),
-        Input("patterns-stride", "value"),
-        Input("patterns-summary", "value"),
-        Input("patterns-direction", "value"),
-        Input("patterns-layers", "value"),
-        Input("patterns-mode", "value"),
-        Input("patterns-flow", "value"),
-        Input("patterns-upload-key", "data"),
+        *inputs,
     )
-    @guard(outputs=10, message_at=0)
-    def update(
-        name: str,
-        n: object,
-        stride: object,
-        summary: object,
-        direction: str,
-        layers: object,
-        mode: object,
-        flow: list[str] | None,
-        upload: dict[str, Any] | None,
-    ) -> tuple[Any, ...]:
-        wants_flow = "flow" in (flow or [])
-        result = analyse(
-            state, name, n, stride, summary, direction, layers, mode, wants_flow, upload
-        )
-        report: fg.Report = result["report"]
+    @guard(outputs=6, message_at=0)
+    def update(*controls: Any) -> tuple[Any, ...]:
+        out = result(controls)
+        report: fg.Report = out["report"]
         verdict = "full information" if report.full_information else "NOT full information"
-        pattern: fg.Pattern = result["pattern"]
+        pattern: fg.Pattern = out["pattern"]
         kind = "causal" if pattern.causal else "bidirectional"
         return (
             None,
             f"{pattern.name} (n={pattern.n}, {kind}, {pattern.num_steps} steps): {verdict}",
             "fg-verdict fg-ok" if report.full_information else "fg-verdict fg-bad",
-            _table(result["rows"], "patterns-report-table"),
+            _table(out["rows"], "patterns-report-table"),
             report.summary(),
-            result["masks"],
-            result["reach"],
-            result["graph"],
-            result["flow"],
-            result["edges"],
+            out["masks"],
         )
+
+    @app.callback(
+        Output("patterns-reach", "figure"),
+        Output("patterns-flow-graph", "figure"),
+        Output("patterns-flow-plot", "figure"),
+        Output("patterns-edges", "figure"),
+        *inputs,
+    )
+    @guard(outputs=4, message_at=None)  # the same analysis fails the same way in update's message
+    def update_below(*controls: Any) -> tuple[Any, ...]:
+        out = result(controls)
+        return out["reach"], out["graph"], out["flow"], out["edges"]
 
     @app.callback(
         Output("patterns-compare-message", "children"),
