@@ -21,6 +21,7 @@ token keeps its own row. Export a PNG with :func:`flowgraph.plot.write_png`.
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Sequence
 
@@ -40,6 +41,7 @@ __all__ = [
     "make_spectrum_figure",
     "make_token_distance_figure",
     "side_by_side",
+    "token_label",
 ]
 
 FORM_PARTS = ("matrix", "symmetric", "antisymmetric")
@@ -64,6 +66,19 @@ def _matrix(name: str, value: object, *, square: bool = True) -> np.ndarray:
     return arr.astype(np.float64, copy=False)
 
 
+def token_label(token: object) -> str:
+    """``token`` as a plotly label that shows it verbatim. Plotly reads tags (``<b>``, ``<s>``,
+    ``<br>``, …), entities (``&lt;``) and newlines in any text, so RoBERTa's ``<s>``/``</s>``
+    would vanish as strike-through tags: ``&``, ``<``, ``>`` are escaped, control characters
+    spelled out (``\\n``), and a token of spaces shown as ``␣``."""
+    text = html.escape(str(token), quote=False)
+    text = "".join(
+        ch.encode("unicode_escape").decode("ascii") if ord(ch) < 32 or ord(ch) == 127 else ch
+        for ch in text
+    )
+    return text.replace(" ", "␣") if text and not text.strip() else text
+
+
 def _tokens(tokens: Sequence[str] | None, size: int) -> list[str]:
     if tokens is None:
         return [str(i) for i in range(size)]
@@ -71,7 +86,7 @@ def _tokens(tokens: Sequence[str] | None, size: int) -> list[str]:
         raise TypeError(f"tokens must be a sequence of str, got {type(tokens).__name__}")
     if len(tokens) != size:
         raise ValueError(f"tokens must have one label per row ({size}), got {len(tokens)}")
-    return [str(t) for t in tokens]
+    return [token_label(t) for t in tokens]
 
 
 def _layout(fig: go.Figure, title: dict, width: int, height: int, top: int = 110) -> None:

@@ -116,13 +116,20 @@ def test_attention_equals_transformers(tmp_path, case):
         ckpt.attention([*longest, 0])
 
 
-def test_half_precision_weights_are_upcast(tmp_path):
-    model = _bert().half()
-    directory = _save(model, tmp_path / "fp16", "safetensors")
-    ckpt = load_checkpoint(directory / "model.safetensors")  # a file stands for its directory
-    assert ckpt.name == "fp16"
+@pytest.mark.parametrize(
+    "dtype, form",
+    [(torch.float16, "safetensors"), (torch.bfloat16, "safetensors"), (torch.bfloat16, "bin")],
+)
+def test_half_precision_weights_are_upcast(tmp_path, dtype, form):
+    model = _bert().to(dtype)
+    directory = _save(model, tmp_path / "half", form)
+    weights = "model.safetensors" if form == "safetensors" else "pytorch_model.bin"
+    ckpt = load_checkpoint(directory / weights)  # a file stands for its directory
+    assert ckpt.name == "half"
     assert ckpt.token_embeddings().dtype == np.float64
+    assert ckpt.head_weights(0).w_q_hcd.dtype == np.float64
     np.testing.assert_allclose(ckpt.attention(IDS), _reference(model.float(), IDS), atol=1e-5)
+    assert ckpt.qk_form(1, 0).matrix.dtype == np.float64
 
 
 def test_old_bert_layer_norm_names(tmp_path):
@@ -277,3 +284,59 @@ def test_the_loader_does_not_import_transformers(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "cls_name, config_name",
+    [("BertLMHeadModel", "BertConfig"), ("RobertaForCausalLM", "RobertaConfig")],
+)
+def test_an_encoder_saved_as_a_decoder_attends_causally(tmp_path, cls_name, config_name):
+    """``is_decoder: true`` (BertLMHeadModel, RobertaForCausalLM) puts a causal mask on the
+    self-attention in transformers; the loader must too, not silently attend both ways."""
+    model = _bert(cls_name, config_name, is_decoder=True)
+    ckpt = load_checkpoint(_save(model, tmp_path / cls_name, "safetensors"))
+    assert ckpt.kind == "bert" and ckpt.causal is True
+    expected = _reference(model, IDS)
+    assert (np.triu(expected, k=1) == 0).all()
+    np.testing.assert_allclose(ckpt.attention(IDS), expected, atol=1e-5, rtol=0)
+
+
+def test_roberta_distances_with_positions_use_its_position_ids(tmp_path):
+    """With ``positions=True`` each token gets the position embedding ``attention()`` gives it:
+    RoBERTa numbers positions from padding_idx + 1 and skips padding tokens, which get row
+    padding_idx (transformers' create_position_ids_from_input_ids)."""
+    model = _bert("RobertaModel", "RobertaConfig")
+    ckpt = load_checkpoint(_save(model, tmp_path / "r", "safetensors"))
+    ids = [5, 1, 7, 1, 9, 9]  # 1 is the padding id
+    emb = model.embeddings
+    with torch.no_grad():
+        pos_ids = emb.create_position_ids_from_input_ids(torch.tensor([ids]), emb.padding_idx)[0]
+        e_tc = (
+            emb.word_embeddings.weight[ids].double()
+            + emb.position_embeddings.weight[pos_ids].double()
+        )
+    assert pos_ids.tolist() == [2, 1, 3, 1, 4, 5]
+    s_cc = ckpt.qk_form(1, 2).symmetric
+    diff = e_tc.numpy()[:, None] - e_tc.numpy()[None]
+    expected = np.einsum("abc,cd,abd->ab", diff, s_cc, diff)
+    np.testing.assert_allclose(
+        ckpt.token_distances(1, 2, ids, positions=True), expected, rtol=1e-10, atol=1e-10
+    )
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_a_minimal_config_means_transformers_defaults(tmp_path, family):
+    """Keys a config.json leaves out take transformers' defaults (BertConfig: two token types,
+    GELU, eps 1e-12; GPT2Config: gelu_new, eps 1e-5, 4·n_embd inner width), as
+    ``from_pretrained`` builds the model; the shapes in the file are still checked."""
+    model = _bert() if family == "bert" else _gpt2()
+    directory = _save(model, tmp_path / family, "safetensors")
+    config = json.loads((directory / "config.json").read_text())
+    keep = {
+        "bert": {"model_type", "hidden_size", "num_hidden_layers", "num_attention_heads"}
+        | {"intermediate_size", "vocab_size", "max_position_embeddings"},
+        "gpt2": {"model_type", "n_embd", "n_layer", "n_head", "vocab_size", "n_positions"},
+    }[family]
+    (directory / "config.json").write_text(json.dumps({k: config[k] for k in keep}))
+    ckpt = load_checkpoint(directory)
+    np.testing.assert_allclose(ckpt.attention(IDS), _reference(model, IDS), atol=1e-5, rtol=0)

@@ -368,3 +368,36 @@ def test_a_checkpoint_left_aside_by_an_interrupted_save_loads(tmp_path):
         ckpt = load_checkpoint(path)
         assert ckpt.name == "run"
         np.testing.assert_array_equal(ckpt.attention([1, 2, 3]), expected)
+
+
+def test_one_checkpoint_serves_many_threads(tmp_path):
+    """Dashboard callbacks call one Checkpoint from several threads at once: every result is
+    the one a single thread gets (the forward hooks of concurrent passes must not mix), and each
+    lazy build happens once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    run = _save_run(tmp_path / "run", _model("metric", "strided", "interleave", True, "psd"))
+    seqs = [[(3 * i + j * j) % 5 for j in range(2 + i % 10)] for i in range(24)]
+    serial = load_checkpoint(run)
+    expected = [
+        (serial.attention(s), serial.token_distances(i % 2, 1, s, positions=True))
+        for i, s in enumerate(seqs)
+    ]
+    ckpt = load_checkpoint(run)
+
+    def work(i: int):
+        s = seqs[i]
+        return (
+            ckpt.attention(s),
+            ckpt.token_distances(i % 2, 1, s, positions=True),
+            ckpt.head_weights(i % 2),
+            ckpt.token_embeddings(),
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(work, range(len(seqs))))
+    for (attn, d2, _, _), (attn_1, d2_1) in zip(results, expected, strict=True):
+        np.testing.assert_array_equal(attn, attn_1)
+        np.testing.assert_array_equal(d2, d2_1)
+    assert len({id(w) for _, _, w, _ in results}) == 2  # one HeadWeights per layer
+    assert len({id(e) for _, _, _, e in results}) == 1

@@ -277,6 +277,27 @@ def test_token_distances_match_brute_force(seed: int, c: int, t: int, definite: 
         assert (got <= 1e-12 * scale).all()
 
 
+@SETTINGS
+@given(seed=seeds, c=st.integers(1, 12), t=st.integers(2, 14))
+def test_repeated_tokens_are_exactly_zero_apart(seed: int, c: int, t: int) -> None:
+    """The same embedding twice (a repeated token anywhere in the sequence) is at distance
+    exactly 0, not a rounding residue of either sign that the distance picture would mark as
+    negative; every distinct pair still matches the brute force."""
+    rng = rng_for(seed)
+    a_cc = rng.normal(size=(c, c))
+    s_cc = a_cc + a_cc.T  # indefinite: a residue can be negative
+    rows = rng.normal(size=(max(2, t // 2), c)) * 3 + 5
+    pick_t = rng.integers(0, len(rows), size=t)
+    e_tc = rows[pick_t]
+    got = token_distances(s_cc, e_tc)
+    same_tt = pick_t[:, None] == pick_t[None, :]
+    assert (got[same_tt] == 0.0).all()
+    scale = np.abs(s_cc).max() * np.abs(e_tc).max() ** 2
+    expected = brute_force_distances(s_cc, e_tc)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10 * c * scale)
+    np.testing.assert_array_equal(got, got.T)
+
+
 def test_token_distances_uses_the_symmetric_part_only() -> None:
     rng = rng_for(1)
     u = rng.normal(size=(4, 4))

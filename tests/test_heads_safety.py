@@ -142,6 +142,35 @@ def test_a_crafted_meta_pkl_is_refused(tmp_path, payload):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_a_crafted_trainer_state_of_a_run_is_refused(tmp_path, payload):
+    """A run's trainer.pt (optimizer state) is a pickle too: a crafted one, with its checksum
+    updated to match, is refused as unsafe (not with torch's advice to retry unsafely)."""
+    import hashlib
+
+    from test_heads_load import _model, _save_run
+
+    run = _save_run(tmp_path / "run", _model("sdpa", None, "interleave", True, "symmetric"))
+    marker = tmp_path / "ran"
+    file = run / "checkpoint" / "trainer.pt"
+    torch.save({"optimizer": PAYLOADS[payload](marker)}, file)
+    config_file = run / "checkpoint" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["checksums"]["trainer.pt"] = hashlib.sha256(file.read_bytes()).hexdigest()
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(UnsafeCheckpointError, match=re.escape(f"refusing to load {file}")) as info:
+        load_checkpoint(run)
+    assert "weights_only=False" not in str(info.value)
+    assert not marker.exists()
+    torch.save({"step": torch.tensor(1)}, file)
+    file.write_bytes(file.read_bytes()[:200])  # merely truncated: the reader's error, not unsafe
+    config["checksums"]["trainer.pt"] = hashlib.sha256(file.read_bytes()).hexdigest()
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=re.escape(f"{file}: cannot be read")) as info:
+        load_checkpoint(run)
+    assert not isinstance(info.value, UnsafeCheckpointError)
+
+
 def test_a_truncated_safetensors_file(tmp_path):
     directory = _bert_dir(tmp_path / "hf")
     file = directory / "model.safetensors"

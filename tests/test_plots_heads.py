@@ -107,6 +107,26 @@ def test_attention_figure_has_tokens_on_both_axes() -> None:
     assert fig.layout.yaxis.range == (4.5, -0.5) and fig.layout.yaxis.title.text == "query"
 
 
+# RoBERTa's <s> </s> <pad>, a <b> that plotly would read as bold, an entity, and a character
+# vocabulary's newline, tab and space: plotly parses tags, entities and newlines in text
+MARKUP_TOKENS = ["<s>", "</s>", "<pad>", "<b>", "&lt;", "\n", "\t", " ", "a<br>b"]
+SHOWN = ["&lt;s&gt;", "&lt;/s&gt;", "&lt;pad&gt;", "&lt;b&gt;", "&amp;lt;", "\\n", "\\t", "␣"]
+SHOWN += ["a&lt;br&gt;b"]
+
+
+@pytest.mark.parametrize("make", ["attention", "distances"])
+def test_token_labels_show_every_token_verbatim(make) -> None:
+    """Token labels are escaped for plotly's text markup: otherwise RoBERTa's ``<s>``/``</s>``
+    vanish (plotly reads them as strike-through tags) and a newline token breaks its label."""
+    T = len(MARKUP_TOKENS)
+    if make == "attention":
+        fig = plots.make_attention_figure(causal_uniform(T), MARKUP_TOKENS)
+    else:
+        fig = plots.make_token_distance_figure(np.zeros((T, T)), MARKUP_TOKENS)
+    assert list(fig.layout.xaxis.ticktext) == SHOWN == list(fig.layout.yaxis.ticktext)
+    assert tuple(fig.data[0].customdata[0, 1]) == (SHOWN[0], SHOWN[1])  # the hover too
+
+
 def test_long_sequences_thin_the_tick_labels() -> None:
     T = 200
     fig = plots.make_attention_figure(causal_uniform(T), [f"t{i}" for i in range(T)])

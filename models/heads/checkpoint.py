@@ -219,6 +219,12 @@ class Checkpoint(ABC):
         """(n_ctx, c): row t is the embedding added at sequence position t; None if none."""
         return None
 
+    def _sequence_positions(self, ids: np.ndarray) -> np.ndarray | None:
+        """(T, c) float64: the position embedding the forward pass adds to each token of the
+        sequence ``ids`` (row t of the table for most models); None if the model has none."""
+        pos_nc = self.position_embeddings()
+        return None if pos_nc is None else pos_nc[: len(ids)]
+
     @abstractmethod
     def _vocabulary(self) -> tuple[list[str], Callable[[str], list[int]]]:
         """The tokens (index = id) and a function text → ids."""
@@ -307,7 +313,9 @@ class Checkpoint(ABC):
     ) -> np.ndarray:
         """(T, T) signed squared distances (e_a − e_b) S (e_a − e_b)ᵀ between the embeddings of
         ``token_ids`` under the symmetric part S of the head's model-space form. ``positions``:
-        add the position embedding of each token's place in the sequence (then T ≤ n_ctx)."""
+        add the position embedding :meth:`attention` gives each token of the sequence (row t
+        of :meth:`position_embeddings` for token t; RoBERTa skips padding tokens, as its
+        forward does), and then T ≤ n_ctx."""
         if not isinstance(positions, bool):
             raise TypeError(f"positions must be a bool, got {positions!r}")
         ids = as_ids(
@@ -318,13 +326,13 @@ class Checkpoint(ABC):
         )
         e_tc = self.token_embeddings()[ids]
         if positions:
-            pos_nc = self.position_embeddings()
-            if pos_nc is None:
+            pos_tc = self._sequence_positions(ids)
+            if pos_tc is None:
                 raise ValueError(
                     f"positions=True but {self.name} ({self.kind}) has no learned position "
                     "embeddings; use positions=False"
                 )
-            e_tc = e_tc + pos_nc[: len(ids)]
+            e_tc = e_tc + pos_tc
         s_cc = self.qk_form(layer, head, "model").symmetric
         return token_distances(s_cc, e_tc)
 

@@ -10,7 +10,8 @@ The forward passes are written here from the state dict, each layer's softmax ke
 
 - BERT family (post-LayerNorm encoder): embeddings = word + position + token type 0 (what
   ``transformers`` adds when no ``token_type_ids`` are given), LayerNorm; per layer
-  softmax(q·kᵀ/√d), output dense + residual + LayerNorm, MLP + residual + LayerNorm. RoBERTa's
+  softmax(q·kᵀ/√d) (under the causal mask when ``is_decoder`` is set, as in
+  ``BertLMHeadModel``), output dense + residual + LayerNorm, MLP + residual + LayerNorm. RoBERTa's
   position ids are transformers' ``create_position_ids_from_input_ids``: padding_idx + 1 + the
   count of non-padding tokens so far, and padding_idx for a padding token.
 - GPT-2 (pre-LayerNorm causal decoder, ``Conv1D`` weights stored (in, out)):
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -164,12 +166,13 @@ class BertCheckpoint(_HFCheckpoint):
 
     def __init__(self, path: Path, config: Mapping[str, Any], store: TensorStore) -> None:
         file = path / "config.json"
-        c = _config_int(config, "hidden_size", file)
-        H = _config_int(config, "num_attention_heads", file)
-        L = _config_int(config, "num_hidden_layers", file)
-        V = _config_int(config, "vocab_size", file)
-        P = _config_int(config, "max_position_embeddings", file)
-        I = _config_int(config, "intermediate_size", file)  # noqa: E741 (transformers' name)
+        # absent keys take transformers' BertConfig defaults, as from_pretrained builds the model
+        c = _config_int(config, "hidden_size", file, 768)
+        H = _config_int(config, "num_attention_heads", file, 12)
+        L = _config_int(config, "num_hidden_layers", file, 12)
+        V = _config_int(config, "vocab_size", file, 30522)
+        P = _config_int(config, "max_position_embeddings", file, 512)
+        I = _config_int(config, "intermediate_size", file, 3072)  # noqa: E741 (transformers')
         if c % H:
             raise CheckpointError(f"{file}: hidden_size={c} is not a multiple of heads={H}")
         kind = config.get("position_embedding_type", "absolute") or "absolute"
@@ -183,12 +186,14 @@ class BertCheckpoint(_HFCheckpoint):
         offset = self.padding_idx + 1 if self.padding_idx is not None else 0
         if P - offset < 1:
             raise CheckpointError(f"{file}: max_position_embeddings={P} leaves no positions")
-        self.type_vocab = int(config.get("type_vocab_size", 0) or 0)
+        self.type_vocab = int(config.get("type_vocab_size", 2) or 0)
         self.eps = float(config.get("layer_norm_eps", 1e-12))
         self.act = _activation(config, "hidden_act", "gelu", file)
         names = _resolve_names(store, "embeddings.word_embeddings.weight", rename_gamma_beta=True)
+        # BertLMHeadModel / RobertaForCausalLM: transformers masks the self-attention causally
+        causal = bool(config.get("is_decoder", False))
         sizes = dot_attention_sizes(
-            layers=L, heads=H, width=c, n_ctx=P - offset, vocab=V, causal=False
+            layers=L, heads=H, width=c, n_ctx=P - offset, vocab=V, causal=causal
         )
         super().__init__(path, store, names, **sizes)
         expected = {
@@ -239,6 +244,7 @@ class BertCheckpoint(_HFCheckpoint):
             x_tc = x_tc + self._tensor("embeddings.token_type_embeddings.weight")[0]
         x_tc = self._ln(x_tc, "embeddings.LayerNorm")
         scale = 1.0 / math.sqrt(self.head_dim)
+        allowed_tt = torch.ones(T, T, dtype=torch.bool).tril() if self.causal else None
         out = []
         for i in range(self.num_layers):
             pre = f"encoder.layer.{i}."
@@ -246,7 +252,10 @@ class BertCheckpoint(_HFCheckpoint):
                 self._linear(x_tc, pre + "attention.self." + part).view(T, H, -1).transpose(0, 1)
                 for part in ("query", "key", "value")
             )
-            p_htt = torch.softmax((q_htd @ k_htd.mT) * scale, dim=-1)
+            s_htt = (q_htd @ k_htd.mT) * scale
+            if allowed_tt is not None:
+                s_htt = s_htt.masked_fill(~allowed_tt, -math.inf)
+            p_htt = torch.softmax(s_htt, dim=-1)
             out.append(p_htt)
             if i == self.num_layers - 1:
                 break  # the last layer's output changes no attention
@@ -272,6 +281,14 @@ class BertCheckpoint(_HFCheckpoint):
 
     def _token_embeddings(self) -> torch.Tensor:
         return self._tensor("embeddings.word_embeddings.weight")
+
+    def _sequence_positions(self, ids: np.ndarray) -> np.ndarray:
+        if self.padding_idx is None:
+            return super()._sequence_positions(ids)
+        rows_t = self.position_ids(torch.from_numpy(ids))  # padding tokens: row padding_idx
+        with torch.inference_mode():
+            table = self._tensor("embeddings.position_embeddings.weight")
+            return table[rows_t].to(torch.float64).numpy()
 
     def _position_embeddings(self) -> torch.Tensor:
         offset = 0 if self.padding_idx is None else self.padding_idx + 1

@@ -222,7 +222,8 @@ def token_distances(s_cc: np.ndarray, e_tc: np.ndarray) -> np.ndarray:
     S = V₊Λ₊V₊ᵀ − V₋|Λ₋|V₋ᵀ; each part is then a squared Euclidean distance between projected
     rows taken from their differences (scipy's cdist), so nothing cancels catastrophically when
     e_a ≈ e_b far from the origin, as the expansion q_a + q_b − 2·e_a S e_bᵀ does. The result is
-    exactly symmetric with an exact 0 diagonal, and finite (never NaN) for finite input.
+    exactly symmetric, exactly 0 between equal rows (a repeated token) and finite (never NaN)
+    for finite input.
 
     Returns a (T, T) float64 array. Raises ValueError/TypeError for non-square S, a width that does
     not match, or non-finite values.
@@ -249,6 +250,20 @@ def token_distances(s_cc: np.ndarray, e_tc: np.ndarray) -> np.ndarray:
 
 
 def _distances(s_cc: np.ndarray, e_tc: np.ndarray) -> np.ndarray:
+    # A repeated token must be exactly 0 from itself: the basis change below gives two equal
+    # rows coordinates that differ by rounding, so compute on the distinct rows (compared
+    # bytewise: fast, and a -0.0/0.0 pair left undeduplicated only costs exactness) and expand.
+    e_tc = np.ascontiguousarray(e_tc)
+    bytes_t = e_tc.view(np.dtype((np.void, e_tc.itemsize * e_tc.shape[1]))).ravel()
+    _, first_u, row_of_t = np.unique(bytes_t, return_index=True, return_inverse=True)
+    if len(first_u) < len(e_tc):
+        d2_uu = _distinct_distances(s_cc, e_tc[first_u])
+        row_of_t = row_of_t.reshape(-1)
+        return d2_uu[row_of_t[:, None], row_of_t[None, :]]
+    return _distinct_distances(s_cc, e_tc)
+
+
+def _distinct_distances(s_cc: np.ndarray, e_tc: np.ndarray) -> np.ndarray:
     sym_cc = (s_cc + s_cc.T) / 2
     # Every difference e_a − e_b is a difference of rows of x = e − e_0, which span at most
     # T − 1 dimensions: with x[1:]ᵀ = Q·F, x = [0; Fᵀ]·Qᵀ exactly, and d² only needs S on span Q.
