@@ -1,35 +1,49 @@
-"""The one CuPy launcher every op of :mod:`gpu` goes through: compile a source once per process and
-device, launch a kernel on torch's current stream, pass tensors as raw device pointers.
+"""The one CuPy launcher every op of :mod:`gpu` goes through: compile a kernel once per process and
+device, launch it on torch's current stream, pass tensors as raw device pointers.
 
 CuPy is imported inside these functions only, so importing this module costs nothing on a machine
 without CUDA (``gpu.backend`` looks for it to decide whether the kernels exist). The ops
 (``gpu._sparse_cuda``, ``gpu._metric_cuda``) own their checks and grid arithmetic; this module owns
-what every launch needs: the cached modules, the device and stream, the shared-memory opt-in and
-the launch limits.
+what every launch needs: the cached modules, the device and stream, the shared-memory opt-in, the
+launch limits and the argument types. docs/gpu.md ("The CUDA launcher") lists what of CuPy's
+behaviour shaped it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from typing import Any
 
+import numpy as np
 import torch
 
 from gpu.kernels import KERNELS, NAME_EXPRESSIONS
 from gpu.kernels import source as _read_source
 
-__all__ = ["DEFAULT_SHARED_BYTES", "MAX_GRID_X", "MAX_GRID_YZ", "kernel", "launch", "ptr"]
+__all__ = [
+    "DEFAULT_SHARED_BYTES",
+    "MAX_GRID_X",
+    "MAX_GRID_YZ",
+    "check_args",
+    "check_launch",
+    "kernel",
+    "launch",
+    "ptr",
+]
 
 DEFAULT_SHARED_BYTES = 48 * 1024  # above this a kernel must opt in (cudaFuncAttribute)
 MAX_GRID_X = 2**31 - 1
 MAX_GRID_YZ = 65535
 MAX_THREADS = 1024
+_SCALAR_ARGS = (np.int32, np.uint32, np.int64, np.float32)  # the kernels' scalar parameter types
 
 _lock = threading.Lock()
-_modules: dict[tuple[str, int], Any] = {}  # (source, device) -> cupy.RawModule
+_modules: dict[tuple[str, str, int], Any] = {}  # (source, instance or "", device) -> RawModule
 _kernels: dict[tuple[str, str, int], Any] = {}  # (source, name, device) -> cupy.RawKernel
 _opted_in: dict[tuple[int, int], int] = {}  # (id(kernel), device) -> dynamic shared bytes allowed
 _alive: list[Any] = []  # kernels named in _opted_in, kept alive so their ids stay theirs
+_streams: dict[tuple[int, int], Any] = {}  # (device, stream handle) -> cupy stream, never freed
 
 
 def _cupy() -> Any:
@@ -38,39 +52,94 @@ def _cupy() -> Any:
     return cupy
 
 
-def kernel(source: str, name: str) -> Any:
-    """The compiled kernel ``name`` of ``gpu/kernels/<source>`` for the current CUDA device.
+def _code(source: str) -> str:
+    """The text handed to NVRTC: the source, then a comment with a digest of the headers it may
+    include from the kernels folder. CuPy's on-disk cache key hashes the code string and the
+    options, not the files that ``#include`` pulls in: without the digest an edited
+    ``tile_common.cuh`` would keep loading the cubin built from the old one."""
+    digest = hashlib.sha256()
+    for header in sorted(KERNELS.glob("*.cuh")):
+        digest.update(header.name.encode() + b"\0" + header.read_bytes() + b"\0")
+    return f"{_read_source(source)}\n// flowgraph kernel headers sha256 {digest.hexdigest()}\n"
+
+
+def _compile_error(err: Exception, source: str, name: str) -> RuntimeError:
+    """A compile failure re-raised with what to do about the usual cause, missing headers."""
+    text = str(err)
+    hint = ""
+    if "cannot open source file" in text or "could not open source file" in text:
+        hint = (
+            "\nNVRTC did not find a CUDA header (<cuda_fp16.h>, <cuda_bf16.h> or <mma.h>). CuPy "
+            "adds the toolkit's include folder (CUDA_PATH, else nvcc's folder, else "
+            "/usr/local/cuda) or, for pip wheels, the include folder of the "
+            "nvidia-cuda-runtime-cuXX package whose version matches NVRTC's major.minor: set "
+            "CUDA_PATH or `pip install nvidia-cuda-runtime-cu12==<NVRTC major.minor>.*`."
+        )
+    return RuntimeError(f"compiling {name} of gpu/kernels/{source} failed:\n{text}{hint}")
+
+
+def kernel(source: str, name: str, device: torch.device | None = None) -> Any:
+    """The compiled kernel ``name`` of ``gpu/kernels/<source>`` for ``device`` (a CUDA
+    torch.device; None: CuPy's current device).
 
     ``name`` is an ``extern "C"`` kernel of the source or one of the template expressions listed in
-    ``gpu.kernels.NAME_EXPRESSIONS[source]``. The source is compiled once per process and
-    device (``cupy.RawModule`` with ``-std=c++17`` and the kernels folder on the include path);
-    modules and kernels are cached. A ``cupy.RawKernel`` also compiles itself for another device on
-    its first launch there, so a kernel fetched on one device may be launched on any.
+    ``gpu.kernels.NAME_EXPRESSIONS[source]``. Each template instantiation is its own
+    ``cupy.RawModule`` (``-std=c++17``, the kernels folder on the include path,
+    ``name_expressions=(name,)``), compiled on first use, once per process and device: CuPy never
+    reads its disk cache for a module with name expressions (it recompiles to learn the mangled
+    names), so compiling all of a source's instantiations at once would cost every process
+    20–45 s per source (NVRTC 12, sm_90); one instantiation takes under a second. A
+    ``cupy.RawKernel`` also compiles itself for another device on its first launch there, so a
+    kernel fetched on one device may be launched on any — after compiling once more: the ops
+    fetch their kernels under the tensors' device, so that a tensor on cuda:1 neither compiles
+    twice nor opens a context on cuda:0.
     """
     if source not in NAME_EXPRESSIONS:
         raise ValueError(f"source must be one of {sorted(NAME_EXPRESSIONS)}, got source={source!r}")
+    template = "<" in name
+    if template and name not in NAME_EXPRESSIONS[source]:
+        raise ValueError(
+            f'name must be an extern "C" kernel of {source} or one of its '
+            f"gpu.kernels.NAME_EXPRESSIONS, got name={name!r}"
+        )
     cupy = _cupy()
-    device = cupy.cuda.runtime.getDevice()
-    key = (source, name, device)
+    if device is None:
+        index = cupy.cuda.runtime.getDevice()
+    elif isinstance(device, torch.device) and device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+    else:
+        raise ValueError(f"device must be a CUDA torch.device or None, got device={device!r}")
+    key = (source, name, index)
     found = _kernels.get(key)
     if found is not None:
         return found
-    with _lock:
-        module = _modules.get((source, device))
-        if module is None:
-            module = cupy.RawModule(
-                code=_read_source(source),
-                options=("-std=c++17", f"-I{KERNELS}"),
-                name_expressions=NAME_EXPRESSIONS[source] or None,
-            )
-            _modules[(source, device)] = module
-        _kernels[key] = module.get_function(name)
+    with _lock, cupy.cuda.Device(index):
+        if key in _kernels:
+            return _kernels[key]
+        # extern "C" kernels share one module per source; a template instance has its own
+        module_key = (source, name if template else "", index)
+        try:
+            module = _modules.get(module_key)
+            if module is None:
+                module = cupy.RawModule(
+                    code=_code(source),
+                    options=("-std=c++17", f"-I{KERNELS}"),
+                    name_expressions=(name,) if template else None,
+                )
+                _modules[module_key] = module
+            # RawModule compiles lazily: get_function is where NVRTC runs
+            _kernels[key] = module.get_function(name)
+        except Exception as err:  # cupy.cuda.compiler.CompileException and NVRTCError
+            if type(err).__name__ not in ("CompileException", "NVRTCError"):
+                raise
+            raise _compile_error(err, source, name) from err
         return _kernels[key]
 
 
 class _TorchStream:
-    """The CUDA stream protocol (``__cuda_stream__``) over a torch stream, for
-    ``cupy.cuda.Stream.from_external``; it keeps the torch stream alive while CuPy holds it."""
+    """The CUDA stream protocol (``__cuda_stream__``, a method returning ``(0, handle)``) over a
+    torch stream, for ``cupy.cuda.Stream.from_external``; it keeps the torch stream alive while
+    CuPy holds it."""
 
     def __init__(self, stream: torch.cuda.Stream) -> None:
         self.stream = stream
@@ -81,12 +150,27 @@ class _TorchStream:
 
 def _stream(cupy: Any, device: torch.device) -> Any:
     """torch's current stream on ``device`` as a CuPy stream; called under that device, every
-    launch (a stream cached once goes stale when the caller switches streams)."""
-    wrapped = _TorchStream(torch.cuda.current_stream(device))
+    launch (the caller may have switched streams since the last one).
+
+    The CuPy stream objects are kept, one per (device, handle), for the life of the process:
+    ``Stream.from_external`` returns a ``cupy.cuda.Stream``, whose ``__del__`` calls
+    ``cudaStreamDestroy`` on any handle other than the default streams' unless that CuPy version
+    knows the handle is foreign — a wrapper collected after a launch would destroy the torch
+    stream under torch (a side stream from ``torch.cuda.Stream()`` is such a handle). Kept
+    wrappers are never collected before interpreter exit, where CuPy skips ``__del__``; torch's
+    streams come from a fixed pool per device, so the cache stays small."""
+    current = torch.cuda.current_stream(device)
+    key = (device.index, int(current.cuda_stream))
+    found = _streams.get(key)
+    if found is not None:
+        return found
+    wrapped = _TorchStream(current)
     if hasattr(cupy.cuda.Stream, "from_external"):
-        return cupy.cuda.Stream.from_external(wrapped)
-    # CuPy < 14 has no from_external; ExternalStream is its (since deprecated) equivalent
-    return cupy.cuda.ExternalStream(wrapped.__cuda_stream__()[1], device.index)
+        made = cupy.cuda.Stream.from_external(wrapped)
+    else:  # CuPy < 14 has no from_external; ExternalStream is its (since deprecated) equivalent
+        made = cupy.cuda.ExternalStream(key[1], device.index)
+    with _lock:
+        return _streams.setdefault(key, made)
 
 
 def _dims(argname: str, dims: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -118,6 +202,26 @@ def check_launch(grid: tuple[int, int, int], block: tuple[int, int, int], shared
         raise ValueError(f"shared_mem must be a non-negative int, got shared_mem={shared_mem!r}")
 
 
+def check_args(args: tuple) -> None:
+    """Raise TypeError for a kernel argument CuPy would pass with the wrong width. CuPy turns a
+    Python ``int`` into an 8-byte ``int64`` (right for a pointer), a ``float`` into a ``double``
+    and a ``bool`` into an ``int64`` too, so an ``int`` or ``float`` parameter must get
+    ``numpy.int32`` / ``numpy.float32``: a wrong width shifts every later argument and the kernel
+    reads garbage, with no error from CUDA."""
+    if not isinstance(args, tuple):
+        raise TypeError(f"args must be a tuple, got {type(args).__name__}")
+    for i, a in enumerate(args):
+        if type(a) in _SCALAR_ARGS:
+            continue
+        if isinstance(a, int) and not isinstance(a, bool) and a >= 0:
+            continue  # a device pointer (or a long long)
+        raise TypeError(
+            f"kernel argument {i} must be a device pointer (a non-negative int) or one of "
+            f"numpy.int32, numpy.uint32, numpy.int64, numpy.float32; got {type(a).__name__} "
+            f"{a!r}"
+        )
+
+
 def launch(
     kern: Any,
     grid: tuple[int, int, int],
@@ -136,6 +240,7 @@ def launch(
     ``numpy.float32`` of exactly the parameter's type.
     """
     check_launch(grid, block, shared_mem)
+    check_args(args)
     if not isinstance(device, torch.device) or device.type != "cuda":
         raise ValueError(f"device must be a CUDA torch.device, got device={device!r}")
     cupy = _cupy()

@@ -67,7 +67,7 @@ poison_outputs = os.environ.get("FLOWGRAPH_POISON_OUTPUTS") == "1"
 class Launcher(Protocol):
     """Where the kernels run: CuPy on a GPU, or the CPU emulator in the tests."""
 
-    def kernel(self, name: str) -> Any: ...
+    def kernel(self, name: str, device: torch.device) -> Any: ...
 
     def launch(
         self, kern: Any, grid: tuple[int, int, int], block: tuple[int, int, int], args: tuple,
@@ -80,10 +80,10 @@ class Launcher(Protocol):
 class _CupyLauncher:
     """``gpu._cupy``: compiled once per process and device, launched on torch's current stream."""
 
-    def kernel(self, name: str) -> Any:
+    def kernel(self, name: str, device: torch.device) -> Any:
         from gpu import _cupy  # type: ignore[attr-defined]
 
-        return _cupy.kernel("metric_attention.cu", name)
+        return _cupy.kernel("metric_attention.cu", name, device)
 
     def launch(
         self, kern: Any, grid: tuple[int, int, int], block: tuple[int, int, int], args: tuple,
@@ -246,7 +246,7 @@ def _fwd(
     out = _output((b, h, n, d), p, p.dtype)
     lse = _output((b, h, n), p, torch.float32)
     threads, shared = fwd_config(p.dtype, block, d)
-    kern = launcher.kernel(f"metric_attention_fwd_{SUFFIX[p.dtype]}<{block}, {d}>")
+    kern = launcher.kernel(f"metric_attention_fwd_{SUFFIX[p.dtype]}<{block}, {d}>", p.device)
     args = (p, m_packed, kv_indptr, kv_indices, kv_slots, bits, perm, out, lse, np.int32(n),
             np.int32(h), np.int32(mask_heads), np.int32(causal), np.float32(scale))  # fmt: skip
     launcher.launch(kern, _grid(n, block, b * h), (threads, 1, 1), args, shared, p.device)
@@ -285,7 +285,7 @@ def _bwd(
     dkv = _output((b, h, n, d), p, torch.float32)
     dq = torch.zeros((b, h, n, d), dtype=torch.float32, device=p.device)  # atomicAdd target
     threads, shared = bwd_config(p.dtype, block, d)
-    kern = launcher.kernel(f"metric_attention_bwd_{SUFFIX[p.dtype]}<{block}, {d}>")
+    kern = launcher.kernel(f"metric_attention_bwd_{SUFFIX[p.dtype]}<{block}, {d}>", p.device)
     args = (p, q, dout, lse, delta, q_indptr, q_indices, q_slots, bits, perm, dkv, dq,
             np.int32(n), np.int32(h), np.int32(mask_heads), np.int32(causal),
             np.float32(scale))  # fmt: skip

@@ -123,7 +123,7 @@ def _forward_op(
     suffix = DTYPES[q.dtype]
     config = sparse_attention_fwd_config if suffix == "f32" else sparse_attention_fwd_wmma_config
     threads, shared = config(block, d)
-    kern = _kernel(SOURCE, f"sparse_attention_fwd_{suffix}<{block}, {d}>")
+    kern = _kernel(SOURCE, f"sparse_attention_fwd_{suffix}<{block}, {d}>", q.device)
     nb = -(-n // block)
     mask_heads = kv_indptr.shape[0]
     csr = tuple(_ptr(x) for x in (kv_indptr, kv_indices, kv_slots, bits))
@@ -167,7 +167,7 @@ def _backward_op(
     suffix = DTYPES[q.dtype]
     config = sparse_attention_bwd_config if suffix == "f32" else sparse_attention_bwd_wmma_config
     threads, shared = config(block, d)
-    kern = _kernel(SOURCE, f"sparse_attention_bwd_{suffix}<{block}, {d}>")
+    kern = _kernel(SOURCE, f"sparse_attention_bwd_{suffix}<{block}, {d}>", q.device)
     grid_x = -(-n // block) * (block // sparse_bwd_keys(block))
     mask_heads = q_indptr.shape[0]
     csr = tuple(_ptr(x) for x in (q_indptr, q_indices, q_slots, bits))

@@ -357,7 +357,8 @@ class EmuLauncher:
     def __init__(self, module, seed: int = 0) -> None:
         self.module, self.seed, self.launches = module, seed, []
 
-    def kernel(self, name: str):
+    def kernel(self, name: str, device: torch.device):
+        assert device.type == "cpu"
         return self.module.get_function(name)
 
     def launch(self, kern, grid, block, args, shared_mem, device) -> None:

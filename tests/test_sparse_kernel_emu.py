@@ -183,7 +183,9 @@ def emulated_ops(sparse, monkeypatch):
         launches.append(grid)
         kern(grid, block, args, shared_mem=shared_mem, seed=11)
 
-    monkeypatch.setattr(_sparse_cuda, "_kernel", lambda source, name: sparse.get_function(name))
+    monkeypatch.setattr(
+        _sparse_cuda, "_kernel", lambda source, name, device: sparse.get_function(name)
+    )
     monkeypatch.setattr(_sparse_cuda, "_ptr", lambda t: t)
     monkeypatch.setattr(_sparse_cuda, "_launch", launch)
     return _sparse_cuda, launches
@@ -256,6 +258,26 @@ def test_torch_compile_traces_the_ops_without_a_graph_break(emulated_ops):
     for got, ref in zip((q, k, v), want, strict=True):
         assert _rel(got.grad, ref.grad.double()) < 1e-5
     assert len(launches) == 2
+
+
+def test_the_ops_pass_opcheck(emulated_ops):
+    """torch.library.opcheck — schema, fake tensors, autograd registration, AOT dispatch — on the
+    forward op with a permuted mask and on the backward op, the kernels on the emulator."""
+    ops, launches = emulated_ops
+    rng = np.random.default_rng(8)
+    n = 24
+    mask = SparseMask.from_masks(rng.random((2, n, n)) < 0.4, block=16, permute=rng.permutation(n))
+    q, k, v = (x.requires_grad_() for x in _inputs(rng, (1, 2, n, 32), torch.float32, 3))
+    fwd_csr = (mask.kv_indptr, mask.kv_indices, mask.kv_slots)
+    bwd_csr = (mask.q_indptr, mask.q_indices, mask.q_slots)
+    torch.library.opcheck(ops._forward_op, (q, k, v, *fwd_csr, *bwd_csr, mask.bits_pbw, 16, 0.3))
+    out, lse = ops._forward_op(q, k, v, *fwd_csr, *bwd_csr, mask.bits_pbw, 16, 0.3)
+    dout = torch.from_numpy(rng.standard_normal(q.shape)).float()
+    torch.library.opcheck(
+        ops._backward_op,
+        (dout, *(x.detach() for x in (q, k, v, out)), lse, *bwd_csr, mask.bits_pbw, 16, 0.3),
+    )
+    assert launches
 
 
 def test_the_op_checks_before_any_launch(emulated_ops):

@@ -7,6 +7,7 @@ Skipped where there is no CUDA device or no CuPy."""
 
 from __future__ import annotations
 
+import gc
 import math
 
 import numpy as np
@@ -119,6 +120,28 @@ def test_several_streams(poisoned):
     torch.cuda.synchronize()
     for (p, m, _, _), out in zip(cases, outs, strict=True):
         assert rel(out, metric_attention_reference(p.double(), m.double(), True, None)) < 2e-5
+    gc.collect()  # a collected cupy.cuda.Stream may destroy its handle: gpu._cupy keeps them
+    for stream in streams:
+        with torch.cuda.stream(stream):
+            x = torch.ones(1000, device="cuda").cumsum(0)
+        stream.synchronize()
+        assert x[-1].item() == 1000
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_tensors_on_the_second_device(poisoned):
+    """Kernels compiled, opted in and launched under cuda:1 while cuda:0 is current."""
+    assert torch.cuda.current_device() == 0
+    for dtype in (torch.float32, torch.bfloat16):
+        p, m, dout, mask = make_case(40, 1, 2, 300, 128, dtype, "permuted", 128)
+        ref, want_dp, want_dm = reference(p, m, dout, True, mask)
+        pg, mg = p.to("cuda:1").requires_grad_(), m.to("cuda:1").requires_grad_()
+        out = gpu.metric_attention(pg, mg, True, mask.to("cuda:1"))
+        out.backward(dout.to("cuda:1"))
+        assert out.device == torch.device("cuda", 1) and poisoned
+        assert rel(out, ref) < TOL[dtype]
+        assert rel(pg.grad, want_dp) < TOL[dtype] and rel(mg.grad, want_dm) < TOL[dtype]
+    assert torch.cuda.current_device() == 0
 
 
 def test_torch_compile_without_graph_breaks(poisoned):

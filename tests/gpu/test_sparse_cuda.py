@@ -8,6 +8,8 @@ Skipped where there is no CUDA device or no CuPy."""
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 import torch
@@ -111,6 +113,31 @@ def test_several_streams():
         assert rel(out, ref) < TOL[torch.float32]
     with torch.cuda.stream(streams[0]):  # the backward on a side stream too
         check(*cases[0])
+    streams_survive_the_launches(streams)
+
+
+def streams_survive_the_launches(streams: list[torch.cuda.Stream]) -> None:
+    """The side streams still work once CuPy's wrappers of them could have been collected (a
+    collected cupy.cuda.Stream may destroy its handle; gpu._cupy keeps them)."""
+    gc.collect()
+    for stream in streams:
+        with torch.cuda.stream(stream):
+            x = torch.ones(1000, device=DEVICE).cumsum(0)
+        stream.synchronize()
+        assert x[-1].item() == 1000
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_tensors_on_the_second_device():
+    """Kernels compiled, opted in and launched under cuda:1 while cuda:0 is current."""
+    second = torch.device("cuda", 1)
+    assert torch.cuda.current_device() == 0
+    for dtype in (torch.float32, torch.bfloat16):
+        case = make_case(30, 1, 2, 300, 128, dtype, block=128)
+        q, k, v, dout, mask = (x.to(second) for x in case)
+        out = check(q, k, v, dout, mask)
+        assert out.device == second
+    assert torch.cuda.current_device() == 0
 
 
 def test_more_batch_heads_than_one_grid_holds():
