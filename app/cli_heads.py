@@ -127,8 +127,9 @@ def _token_ids(ckpt: Any, args: argparse.Namespace) -> np.ndarray | None:
     else:
         return None
     if ids.max() >= ckpt.vocab_size:
+        given = "--ids holds" if args.ids is not None else "--text gives the token id"
         raise _usage_error(
-            f"--ids holds {int(ids.max())}, but {ckpt.name} has {ckpt.vocab_size} tokens "
+            f"{given} {int(ids.max())}, but {ckpt.name} has {ckpt.vocab_size} tokens "
             f"(ids 0..{ckpt.vocab_size - 1})"
         )
     if ids.size > ckpt.n_ctx:

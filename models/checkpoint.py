@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -146,8 +147,13 @@ def _fail(file: Path, why: str) -> CheckpointError:
     return CheckpointError(f"checkpoint file {file}: {why}")
 
 
-def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> RunCheckpoint:
-    """Read and check a checkpoint directory; raises :class:`CheckpointError` naming the file."""
+def read_checkpoint(
+    path: str | Path, *, map_location: str | torch.device = "cpu", trainer: bool = True
+) -> RunCheckpoint:
+    """Read and check a checkpoint directory; raises :class:`CheckpointError` naming the file.
+
+    ``trainer=False`` leaves ``trainer.pt`` (the optimizer state, a pickle) unread and unchecked:
+    what a reader of the weights alone needs (``models.load_checkpoint``)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -168,6 +174,8 @@ def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     if MODEL not in checksums:
         raise _fail(config_file, f"lists no {MODEL}")
     for name, expected in checksums.items():
+        if name == TRAINER and not trainer:
+            continue
         file = found / name
         if not file.is_file():
             raise _fail(file, "missing")
@@ -182,11 +190,17 @@ def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     except (SafetensorError, OSError, ValueError) as exc:
         raise _fail(found / MODEL, f"cannot be read ({exc})") from None
     trainer_state = None
-    if TRAINER in checksums:
+    if trainer and TRAINER in checksums:
         try:
             trainer_state = torch.load(
                 found / TRAINER, map_location=map_location, weights_only=True
             )
+        except pickle.UnpicklingError as exc:  # weights_only refused a global: never retry unsafely
+            raise _fail(
+                found / TRAINER,
+                f"refused: it holds objects that safe (weights_only) loading does not allow, "
+                f"so it was not loaded ({str(exc).splitlines()[-1] if str(exc) else exc!r})",
+            ) from None
         except Exception as exc:  # pickle raises many types; the message names the file
             raise _fail(found / TRAINER, f"cannot be read ({type(exc).__name__}: {exc})") from None
     return RunCheckpoint(found, meta["config"], model_state, trainer_state)

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from models.plots import token_label  # words as plotly shows them verbatim (<s>, \n, spaces)
+
 __all__ = [
     "make_distance_heatmap_figure",
     "make_neighbours_figure",
@@ -47,7 +49,7 @@ def make_neighbours_figure(query: str, words: Sequence[str], scores: Sequence[fl
     fig = go.Figure(
         go.Bar(
             x=list(scores),
-            y=list(words),
+            y=[token_label(w) for w in words],
             orientation="h",
             marker={"color": "#2166ac"},
             hovertemplate="%{y}: cosine %{x:.3f}<extra></extra>",
@@ -55,7 +57,7 @@ def make_neighbours_figure(query: str, words: Sequence[str], scores: Sequence[fl
         )
     )
     fig.update_layout(
-        title_text=f"Nearest neighbours of {query!r} (cosine similarity)",
+        title_text=f"Nearest neighbours of {token_label(repr(query))} (cosine similarity)",
         yaxis={"autorange": "reversed", "type": "category"},
         xaxis={"title_text": "cosine similarity", "range": [min(0.0, *scores, 0.0) - 0.05, 1.05]},
         height=max(260, 80 + 26 * len(words)),
@@ -74,9 +76,9 @@ def make_distance_heatmap_figure(
     t = len(labels)
     if dist_tt.shape != (t, t):
         raise ValueError(f"dist_tt must be ({t}, {t}) for {t} labels, got {dist_tt.shape}")
-    axis_labels = list(labels)
+    axis_labels = [token_label(w) for w in labels]
     if len(set(axis_labels)) < t:  # a category axis merges equal labels: number the repeats
-        axis_labels = [f"{w} #{i}" for i, w in enumerate(labels)]
+        axis_labels = [f"{w} #{i}" for i, w in enumerate(axis_labels)]
     fig = go.Figure(
         go.Heatmap(
             z=dist_tt,
@@ -111,7 +113,6 @@ def make_pca_figure(
     xy_v2 = np.asarray(xy_v2, dtype=np.float64)
     if xy_v2.shape != (len(words), 2):
         raise ValueError(f"xy_v2 must be ({len(words)}, 2), got {xy_v2.shape}")
-    words = list(words)
     chosen = set(highlight)
     show_text = len(words) <= 60
     fig = go.Figure(
@@ -119,8 +120,8 @@ def make_pca_figure(
             x=xy_v2[:, 0],
             y=xy_v2[:, 1],
             mode="markers+text" if show_text else "markers",
-            text=[w if w not in chosen else "" for w in words],  # chosen ones are labelled above
-            customdata=words,
+            text=[token_label(w) if w not in chosen else "" for w in words],  # chosen: on top
+            customdata=[token_label(w) for w in words],
             textposition="top center",
             marker={"size": 7, "color": "#8c8c8c"},
             name="vectors",
@@ -134,7 +135,7 @@ def make_pca_figure(
                 x=xy_v2[idx, 0],
                 y=xy_v2[idx, 1],
                 mode="markers+text",
-                text=[words[i] for i in idx],
+                text=[token_label(words[i]) for i in idx],
                 textposition="top center",
                 marker={"size": 12, "color": "#e66101", "line": {"color": "black", "width": 1}},
                 name="chosen tokens",

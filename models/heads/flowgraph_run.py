@@ -24,9 +24,7 @@ from torch import nn
 
 from models.attention import DotProductAttention, MetricAttention, QuadraticAttention
 from models.checkpoint import (
-    TRAINER,
     CheckpointError,
-    find_checkpoint,
     load_model_state,
     read_checkpoint,
 )
@@ -38,7 +36,6 @@ from models.heads.checkpoint import (
     linear_per_head,
     split_tokenize,
 )
-from models.heads.safe_load import UnsafeCheckpointError, load_weights_only
 from models.heads.weights import HeadWeights
 from models.tasks import make_task
 
@@ -193,20 +190,7 @@ class FlowgraphRun(Checkpoint):
 
 def load_flowgraph_run(path: Path, *, name: str) -> FlowgraphRun:
     """The run checkpoint directory ``path`` (or the copy an interrupted save left aside)."""
-    try:
-        ckpt = read_checkpoint(path)
-    except CheckpointError as exc:
-        # read_checkpoint also unpickles the trainer state (weights_only=True); when that is
-        # what failed, say it was refused as unsafe, without torch's advice to retry unsafely
-        trainer = (find_checkpoint(path) or Path(path)) / TRAINER
-        if f"{trainer}:" in str(exc):
-            try:
-                load_weights_only(trainer)
-            except UnsafeCheckpointError as unsafe:
-                raise unsafe from None
-            except CheckpointError:
-                pass  # unreadable for another reason: read_checkpoint's message says which
-        raise
+    ckpt = read_checkpoint(path, trainer=False)  # the optimizer state (a pickle) is never read
     config_file = ckpt.path / "config.json"
     try:
         model_config = GPTConfig.from_dict(dict(ckpt.config["model"]))
