@@ -9,13 +9,13 @@ list of sentences with the same options (``--vector-size 100 --window 5 --negati
 ``Word2Vec(sg=1, hs=0, workers=<cores>)``, ours ``train_word2vec(workers=<cores>)``.
 
 Ours runs twice: with the default ``deterministic=True`` (workers train private copies, merged
-after every 10,000 words each) and with ``deterministic=False`` (hogwild, as gensim); the goals
-are judged on the default. Each timed run is end to end: vocabulary pass plus training
-(gensim's constructor does both). words/s = corpus tokens × epochs ÷ seconds. Runs take turns
-(ours, ours hogwild, gensim) for ``--repeats`` rounds with seeds 0, 1, …; the table gives the
-median words/s and the mean Spearman over the rounds (one seed's Spearman on ~100
-in-vocabulary pairs moves by a few hundredths). Before timing, one untimed run of each of ours
-on a few sentences loads numba's compiled loops.
+after every chunk: the vocabulary size in words per worker, clipped to 10,000–25,000) and with
+``deterministic=False`` (hogwild, as gensim); the goals are judged on the default. Each timed
+run is end to end: vocabulary pass plus training (gensim's constructor does both). words/s =
+corpus tokens × epochs ÷ seconds. Runs take turns (ours, ours hogwild, gensim) for ``--repeats``
+rounds with seeds 0, 1, …; the table gives the median words/s and the mean Spearman over the
+rounds (one seed's Spearman on ~100 in-vocabulary pairs moves by a few hundredths). Before
+timing, one untimed run of each of ours on a few sentences loads numba's compiled loops.
 
 The machine is shared; the 1-minute load average at start and end is printed beside the table.
 ``--synthetic TOKENS`` times a meaningless Zipf(1.1) corpus instead (a larger vocabulary:

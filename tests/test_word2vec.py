@@ -176,6 +176,89 @@ def test_deterministic_for_a_seed(backend: str, workers: int) -> None:
     assert not np.array_equal(a.vectors, c.vectors)
 
 
+def test_deterministic_across_many_merges() -> None:
+    """Chunks of a few sentences: three workers' copies are merged dozens of times per epoch,
+    and the result still depends only on the seed."""
+    corpus = planted_corpus()  # 3,200 words: 16 merges per epoch
+    opts = dict(SMALL, workers=3, chunk_words=200, progress=False)
+    a = train_word2vec(corpus, seed=5, **opts)
+    b = train_word2vec(corpus, seed=5, **opts)
+    assert np.array_equal(a.vectors, b.vectors)
+    assert _within_minus_across(a) > 0.3  # merged often, it still learns the groups
+
+
+@given(workers=st.integers(2, 4), seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=15, deadline=None)
+def test_merge_adds_every_workers_delta(workers: int, seed: int) -> None:
+    """Oracle for the deterministic merge: each worker trains its share of the chunk alone on
+    a copy of the tables (same split, same random state); the merged tables are the start
+    plus the sum of their deltas, and every copy is handed the result with its flags
+    cleared."""
+    from models.word2vec import _cpu
+
+    rng = np.random.default_rng(seed)
+    num_rows, d = 12, 8
+    lengths = rng.integers(1, 9, 30)
+    bounds_s1 = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ids_n = rng.integers(0, num_rows, bounds_s1[-1]).astype(np.int32)
+    v_vd = (rng.standard_normal((num_rows, d)) * 0.1).astype(np.float32)
+    u_vd = (rng.standard_normal((num_rows, d)) * 0.1).astype(np.float32)
+    keep_v = rng.uniform(0.3, 1.0, num_rows).astype(np.float32)
+    noise_v = rng.integers(1, 50, num_rows) ** 0.75
+    prob_v, alias_v = _cpu.alias_table(noise_v / noise_v.sum())
+    seeds_t = rng.integers(1, 2**63, workers, dtype=np.uint64)
+    sig_e = _cpu.sigmoid_table()
+    consts = dict(
+        keep_v=keep_v, alias_prob_v=prob_v, alias_v=alias_v, sig_e=sig_e, window=3, negative=2,
+        alpha=0.05, words_before=0, total_words=1000,
+    )  # fmt: skip
+    copies = (
+        np.repeat(v_vd[None], workers, 0),
+        np.repeat(u_vd[None], workers, 0),
+        np.zeros((workers, num_rows, 2), dtype=np.uint8),
+    )
+    got_v, got_u = v_vd.copy(), u_vd.copy()
+    _cpu.train_block(got_v, got_u, copies, ids_n, bounds_s1, seeds_t=seeds_t, **consts)
+
+    want_v, want_u = v_vd.astype(np.float64), u_vd.astype(np.float64)
+    split_t1 = _cpu.split_by_words(bounds_s1, workers)
+    for t in range(workers):
+        alone_v, alone_u = v_vd.copy(), u_vd.copy()
+        _cpu._train_sentences(
+            alone_v, alone_u, ids_n, bounds_s1, split_t1[t], split_t1[t + 1], keep_v, prob_v,
+            alias_v, sig_e, 3, 2, 0.05, 0, workers, 1000, seeds_t[t],
+            np.zeros((num_rows, 2), dtype=np.uint8),
+        )  # fmt: skip
+        want_v += alone_v - v_vd
+        want_u += alone_u - u_vd
+    np.testing.assert_allclose(got_v, want_v, atol=1e-5)
+    np.testing.assert_allclose(got_u, want_u, atol=1e-5)
+    assert not np.allclose(got_u, u_vd)  # the chunk did train
+    for t in range(workers):
+        assert np.array_equal(copies[0][t], got_v) and np.array_equal(copies[1][t], got_u)
+    assert not copies[2].any()
+
+
+def test_default_chunk_follows_the_vocabulary() -> None:
+    from models.word2vec.train import default_chunk_words
+
+    assert default_chunk_words("numba", 2, True, 5_000) == 20_000  # at least 10k per worker
+    assert default_chunk_words("numba", 2, True, 18_000) == 36_000
+    assert default_chunk_words("numba", 3, True, 100_000) == 75_000  # at most 25k per worker
+    assert default_chunk_words("numba", 2, False, 100_000) == 100_000  # hogwild: no merges
+    assert default_chunk_words("torch", 8, True, 100_000) == 100_000
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_progress_bar_counts_corpus_words_per_second(backend: str, capsys) -> None:
+    corpus = planted_corpus(50)  # 400 tokens per epoch
+    train_word2vec(corpus, **{**SMALL, "epochs": 2}, backend=backend, workers=1, batch_size=64)
+    err = capsys.readouterr().err
+    assert f"word2vec ({backend}, cpu)" in err and "800/800" in err and "word/s" in err
+    train_word2vec(corpus, **SMALL, backend=backend, workers=1, progress=False)
+    assert capsys.readouterr().err == ""
+
+
 def test_subsampling_and_the_learning_rate_move_the_vectors() -> None:
     corpus = planted_corpus(100)
     base = train_word2vec(corpus, **SMALL, workers=1, progress=False)

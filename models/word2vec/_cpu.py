@@ -9,8 +9,10 @@ Determinism with threads: each thread trains its share of a chunk of sentences o
 of the two tables, then the rows some thread updated are merged in a fixed order
 (``row += Σ_t (copy_t − row)``) and handed back to every copy. Nothing depends on thread timing,
 so a seed and a worker count give the same vectors on every run. The cost: ``2 · workers · V · d``
-floats of copies, and threads see each other's updates once per chunk (hogwild, as in
-word2vec.c and gensim, has races instead). One worker trains in place with no copies.
+floats of copies, a merge per chunk over the rows touched (negatives reach most of the context
+table, so the caller sizes chunks by the vocabulary: ``train.default_chunk_words``), and threads
+see each other's updates once per chunk (hogwild, as in word2vec.c and gensim, has races
+instead). One worker trains in place with no copies.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-__all__ = ["alias_table", "sigmoid_table", "train_block"]
+__all__ = ["alias_table", "sigmoid_table", "split_by_words", "train_block"]
 
 EXP_TABLE_SIZE = 1000  # word2vec.c's sigmoid table: 1000 steps over [-6, 6]
 MAX_EXP = 6.0
@@ -159,27 +161,36 @@ def _train_block_threads(
             total_words, seeds_t[t], touched_tv2[t],
         )  # fmt: skip
     # Merge in a fixed order, then hand the result back to every copy. Only rows some worker
-    # updated are visited, so the cost follows the block, not the vocabulary.
-    num_rows, d = v_vd.shape
-    for r in nb.prange(num_rows):
-        for table in range(2):
-            hit = False
-            for t in range(workers):
-                hit |= touched_tv2[t, r, table] != 0
-            if not hit:
-                continue
-            g_vd = v_vd if table == 0 else u_vd
-            c_tvd = v_tvd if table == 0 else u_tvd
-            for x in range(d):
-                base = g_vd[r, x]
-                total = base
-                for t in range(workers):
-                    total += c_tvd[t, r, x] - base
-                g_vd[r, x] = total
-                for t in range(workers):
-                    c_tvd[t, r, x] = total
-            for t in range(workers):
-                touched_tv2[t, r, table] = 0
+    # updated are visited, so the cost follows the block, not the vocabulary; rows are
+    # independent, so the merge runs on every thread.
+    for r in nb.prange(v_vd.shape[0]):
+        _merge_row(v_vd, v_tvd, touched_tv2, 0, r)
+        _merge_row(u_vd, u_tvd, touched_tv2, 1, r)
+
+
+@nb.njit(nogil=True, fastmath=True, cache=True)
+def _merge_row(g_vd, c_tvd, touched_tv2, table, r):
+    """``g[r] += Σ_t (c_t[r] − g[r])`` in thread order over the copies that touched row ``r``
+    (the others still hold ``g[r]``), then ``c_t[r] = g[r]`` for every copy and the flags are
+    cleared. Loops run over the vector (contiguous, vectorised), the threads outside."""
+    workers, _, d = c_tvd.shape
+    first = -1
+    for t in range(workers):
+        if touched_tv2[t, r, table] == 0:
+            continue
+        touched_tv2[t, r, table] = 0
+        if first < 0:  # the first toucher's copy accumulates the sum
+            first = t
+            continue
+        acc_d, src_d = c_tvd[first, r], c_tvd[t, r]
+        for x in range(d):
+            acc_d[x] += src_d[x] - g_vd[r, x]
+    if first < 0:
+        return
+    g_vd[r, :] = c_tvd[first, r]
+    for t in range(workers):
+        if t != first:
+            c_tvd[t, r, :] = g_vd[r]
 
 
 @nb.njit(parallel=True, nogil=True, fastmath=True, cache=True)
@@ -195,6 +206,15 @@ def _train_block_hogwild(
             alias_v, sig_e, window, negative, alpha0, words_before, workers, total_words,
             seeds_t[t], touched_tv2[t],
         )  # fmt: skip
+
+
+def split_by_words(bounds_s1: np.ndarray, workers: int) -> np.ndarray:
+    """(workers + 1,) int64 sentence indices splitting a chunk into ``workers`` runs of about
+    equal word counts: worker ``t`` trains sentences ``split[t]:split[t + 1]``."""
+    targets = np.linspace(0, bounds_s1[-1], workers + 1)
+    split_t1 = np.searchsorted(bounds_s1, targets).astype(np.int64)
+    split_t1[0], split_t1[-1] = 0, len(bounds_s1) - 1
+    return np.maximum.accumulate(split_t1)
 
 
 def train_block(
@@ -230,11 +250,7 @@ def train_block(
             np.zeros((len(v_vd), 2), dtype=np.uint8),
         )  # fmt: skip
         return
-    # split the sentences into `workers` runs of about equal word counts
-    targets = np.linspace(0, bounds_s1[-1], workers + 1)
-    split_t1 = np.searchsorted(bounds_s1, targets).astype(np.int64)
-    split_t1[0], split_t1[-1] = 0, len(bounds_s1) - 1
-    split_t1 = np.maximum.accumulate(split_t1)
+    split_t1 = split_by_words(bounds_s1, workers)
     words_t = np.zeros(workers, dtype=np.int64)
     if hogwild_scratch_tv2 is not None:
         _train_block_hogwild(

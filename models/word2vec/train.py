@@ -25,9 +25,12 @@ from models.word2vec.vocab import Vocab, build_vocab, check_sample
 __all__ = ["train_word2vec"]
 
 BACKENDS = ("auto", "numba", "torch")
-# Workers see each other's updates once per chunk: 10k words each keeps quality at one worker's
-# level on WordSim353 (100k each lost ~0.2 Spearman on a 330k-word corpus; docs/word2vec.md).
-CHUNK_WORDS_PER_WORKER = 10_000
+# Workers see each other's updates once per chunk, and every chunk pays a merge of the rows it
+# touched: with negatives that is most of the context table, so the cost per word grows with
+# V / chunk. Each worker's share is therefore V words, clipped to [10k, 25k]: on head500 with
+# WordSim353 (docs/word2vec.md) 10k–25k each gave Spearman 0.40–0.44 (mean of 3 seeds;
+# gensim 0.38), 30k–50k each 0.35–0.40 and 100k each 0.22–0.24.
+CHUNK_WORDS_PER_WORKER = (10_000, 25_000)  # (least, most) corpus words per worker per chunk
 HOGWILD_CHUNK_WORDS_PER_WORKER = 50_000  # no merge: the chunk only bounds the threads' barrier
 DEFAULT_TORCH_BATCH = {"cpu": 4096, "cuda": 16384}  # pairs per step; see docs/word2vec.md
 
@@ -59,6 +62,16 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
     except ImportError:
         return "torch"
     return "numba"
+
+
+def default_chunk_words(backend: str, workers: int, deterministic: bool, vocab_size: int) -> int:
+    """Corpus words per chunk when ``chunk_words`` is not given (see the constants above)."""
+    if backend != "numba":
+        return 100_000
+    if not deterministic:
+        return HOGWILD_CHUNK_WORDS_PER_WORKER * workers
+    least, most = CHUNK_WORDS_PER_WORKER
+    return min(max(vocab_size, least), most) * workers
 
 
 def train_word2vec(
@@ -99,7 +112,8 @@ def train_word2vec(
             and word2vec.c — shared tables, no copies or merges (faster with a large
             vocabulary), results vary from run to run when ``workers > 1``.
         backend: ``"auto"`` (numba on the CPU, torch on CUDA), ``"numba"`` or ``"torch"``.
-        chunk_words: corpus tokens per chunk (default 10,000 per numba worker, 100,000 for
+        chunk_words: corpus tokens per chunk (default per numba worker: the vocabulary size
+            clipped to 10,000–25,000, or 50,000 with ``deterministic=False``; 100,000 for
             torch); numba workers merge their updates after each chunk.
         progress: show a tqdm bar counting corpus words per second.
 
@@ -128,12 +142,12 @@ def train_word2vec(
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}") from exc
     backend = _resolve_backend(backend, dev)
-    if chunk_words is None:
-        per_worker = CHUNK_WORDS_PER_WORKER if deterministic else HOGWILD_CHUNK_WORDS_PER_WORKER
-        chunk_words = per_worker * workers if backend == "numba" else 100_000
-    chunk_words = _check_int("chunk_words", chunk_words, 1)
+    if chunk_words is not None:
+        chunk_words = _check_int("chunk_words", chunk_words, 1)
     corpus = as_corpus(sentences)
     vocab = build_vocab(corpus, min_count=min_count)
+    if chunk_words is None:
+        chunk_words = default_chunk_words(backend, workers, deterministic, len(vocab))
     keep_v = vocab.keep_probabilities(sample)
 
     rng = np.random.default_rng(seed)
