@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from app.cli_command import add_command
@@ -55,6 +56,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
     """Build the app from ``args``, print its URL and serve until interrupted."""
     from app.dashboard import create_app
     from app.dashboard.app import warm
+    from app.dashboard.paths import find_checkpoints
     from app.dashboard.state import STATE_KEY
 
     if not 1 <= args.port <= 65535:
@@ -70,6 +72,14 @@ def run_dashboard(args: argparse.Namespace) -> int:
     if not args.no_warm:
         warm(app)
     found = len(state.list_checkpoints())
+    for root in state.checkpoint_roots:  # a mistyped root would only show as a shorter list
+        if not find_checkpoints([root]):
+            print(
+                f"flowgraph dashboard: {root.flag} {root.given}: no checkpoint found there "
+                "(a run folder, a Hugging Face folder or a nanoGPT .pt)",
+                file=sys.stderr,
+                flush=True,
+            )
     print(f"flowgraph dashboard: {found} checkpoint(s) under the roots", flush=True)
     if not args.debug:  # one line per request drowns the URL; errors are still logged
         logging.getLogger("werkzeug").setLevel(logging.WARNING)

@@ -96,6 +96,16 @@ def test_a_bad_value_answers_with_a_message_not_a_traceback():
     text = response.data.decode()
     assert "n must be in 2..4096, got n=999999" in text
     assert "Traceback" not in text and 'File \\"' not in text
+    # the report of the previous, valid settings must not stay beside the message
+    shown = response.get_json()["response"]
+    assert shown["patterns-verdict"]["children"] == "no result: correct the input above"
+    assert shown["patterns-report"]["children"] is None
+    assert shown["patterns-summary-text"]["children"] is None
+    assert "correct the input" in json.dumps(shown["patterns-masks"]["figure"])
+    _, body = _callback_body(app, "patterns-reach.figure", values, "patterns-n.value")
+    below = client.post("/_dash-update-component", json=body).get_json()["response"]
+    for graph in ("patterns-reach", "patterns-flow-graph", "patterns-flow-plot", "patterns-edges"):
+        assert "correct the input" in json.dumps(below[graph]["figure"]), graph
     values["patterns-n"] = 32
     _, body = _callback_body(app, "patterns-verdict.children", values, "patterns-n.value")
     response = client.post("/_dash-update-component", json=body)
@@ -145,6 +155,25 @@ def test_cli_reports_bad_roots_and_ports(tmp_path, capsys):
     assert "--port must be in 1..65535" in capsys.readouterr().err
 
 
+def test_cli_says_when_a_root_holds_no_checkpoint(tmp_path, monkeypatch, capsys):
+    import dash
+
+    monkeypatch.setattr(dash.Dash, "run", lambda self, **kwargs: None)
+    # a file is not a folder of runs: it was listed as one "checkpoint" named README.md
+    (tmp_path / "notes.md").write_text("# notes")
+    assert main(["dashboard", "--runs", str(tmp_path / "notes.md")]) == 2
+    assert "--runs: expected a folder, got the file" in capsys.readouterr().err
+    assert main(["dashboard", "--vectors", str(tmp_path / "notes.md")]) == 2
+    assert "--vectors: expected a folder, got the file" in capsys.readouterr().err
+    (tmp_path / "docs").mkdir()
+    _run(tmp_path / "runs" / "a")
+    argv = ["--runs", str(tmp_path / "runs"), "--checkpoint", str(tmp_path / "docs")]
+    assert main(["dashboard", *argv, "--no-warm"]) == 0
+    err = capsys.readouterr().err
+    assert f"--checkpoint {tmp_path / 'docs'}: no checkpoint found there" in err
+    assert "--runs" not in err
+
+
 @pytest.mark.parametrize(
     ("env", "outcome"),
     [({}, "skip"), ({"CI": "true"}, "fail"), ({"REQUIRE_BROWSER": "1"}, "fail")],
@@ -160,3 +189,55 @@ def test_a_missing_browser_skips_or_fails_by_policy(monkeypatch, env, outcome):
     expected = pytest.skip.Exception if outcome == "skip" else pytest.fail.Exception
     with pytest.raises(expected):
         browser.require_browser()
+
+
+def _post(app, client, output_prop: str, values: dict[str, object], changed: str) -> dict:
+    _, body = _callback_body(app, output_prop, values, changed)
+    response = client.post("/_dash-update-component", json=body)
+    assert response.status_code == 200
+    return response.get_json()["response"]
+
+
+def test_a_bad_input_empties_the_heads_and_embeddings_results(tmp_path_factory):
+    from browser import shared_tiny_runs
+
+    runs = shared_tiny_runs(tmp_path_factory)
+    app = create_app(runs, [], None)
+    client = app.server.test_client()
+    client.get("/")
+    heads = {
+        f"heads-{k}": v
+        for k, v in (
+            ("ckpt", "tiny-sdpa"),
+            ("ckpt2", None),
+            ("layer", 0),
+            ("head", 0),
+            ("space", "model"),
+            ("parts", ["matrix"]),
+            ("text", "0 1 99"),
+            ("input-kind", "ids"),
+            ("positions", []),
+            ("pattern", "fixed"),
+            ("mode", "merged"),
+        )
+    }
+    top = _post(app, client, "heads-symmetry.children", heads, "heads-text.value")
+    assert "token id 99 is out of range" in json.dumps(top["heads-message"])
+    assert top["heads-symmetry"]["children"] == "no result: correct the input above"
+    assert "correct the input" in json.dumps(top["heads-form"]["figure"])
+    below = _post(app, client, "heads-attention.figure", heads, "heads-text.value")
+    assert "correct the input" in json.dumps(below["heads-attention"]["figure"])
+    coverage = _post(app, client, "heads-coverage.figure", heads, "heads-text.value")
+    assert "correct the input" in json.dumps(coverage["heads-coverage"]["figure"])
+    from app.pages.embeddings import source_options
+
+    source = source_options(app.server.config[STATE_KEY])[0]["value"]
+    emb = {
+        "embeddings-source": source,
+        "embeddings-query": "nope",
+        "embeddings-k": 5,
+        "embeddings-tokens": "",
+    }
+    shown = _post(app, client, "embeddings-pca.figure", emb, "embeddings-query.value")
+    assert "not in" in json.dumps(shown["embeddings-message"])
+    assert "correct the input" in json.dumps(shown["embeddings-neighbours"]["figure"])

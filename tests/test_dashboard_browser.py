@@ -37,6 +37,7 @@ from browser import (
 )
 
 import flowgraph as fg
+from app.dashboard import limits
 
 pytestmark = pytest.mark.browser
 
@@ -185,11 +186,24 @@ def test_patterns_page(page, server, shots, timings, tmp_path):
     verdict_text = page.inner_text("#patterns-verdict")
     assert ("NOT" in verdict_text) == (not expected.full_information)
 
-    # a bad value: a message in the page, no stack trace
+    # an upload above the cap: dcc.Upload drops it in the browser, so the page itself says so
+    too_big = tmp_path / "too_big.npz"
+    too_big.write_bytes(b"\0" * (limits.MAX_UPLOAD_BYTES + 1))
+    page.set_input_files("#patterns-upload input[type=file]", str(too_big))
+    page.get_by_text("too_big.npz is 4,194,305 bytes; the limit is 4,194,304 bytes").wait_for()
+
+    # a box the pattern ignores is disabled: the summary of dense, the mode without layers
+    _select(page, "patterns-name", "dense")
+    page.wait_for_function("() => document.querySelector('#patterns-summary').disabled")
+    assert page.locator("#patterns-stride").is_disabled()
+    assert page.locator("#patterns-mode").is_disabled()  # dash 4's dropdown is a <button>
+
+    # a bad value: a message in the page, no stack trace, no result of the previous settings
     _select(page, "patterns-name", "fixed")
     _type(page, "patterns-n", "5000")
     page.locator("#patterns-message").get_by_text("n must be in 2..4096").wait_for()
     _no_traceback(page)
+    assert page.inner_text("#patterns-verdict") == "no result: correct the input above"
     page.screenshot(path=str(shots / "patterns-error.png"), full_page=True)
 
 

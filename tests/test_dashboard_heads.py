@@ -78,8 +78,8 @@ def test_inputs_as_text_or_ids(state, runs):
     np.testing.assert_array_equal(page.input_ids(ckpt, "0, 2 1", "ids"), [0, 2, 1])
     with pytest.raises(ValueError, match="non-negative integers"):
         page.input_ids(ckpt, "0 x", "ids")
-    with pytest.raises(ValueError, match="not a token id"):
-        ckpt.attention(page.input_ids(ckpt, "0 7", "ids"))
+    with pytest.raises(ValueError, match=r"token id 7 is out of range: .* \(ids 0\.\.\d+\)"):
+        page.input_ids(ckpt, "0 7", "ids")
     with pytest.raises(ValueError, match="reads at most"):
         page.input_ids(ckpt, " ".join(["1"] * (ckpt.n_ctx + 1)), "ids")
     with pytest.raises(ValueError, match="more than 64 tokens"):
@@ -88,6 +88,32 @@ def test_inputs_as_text_or_ids(state, runs):
         page.input_ids(ckpt, "1 " * limits.MAX_TEXT_CHARS, "ids")
     with pytest.raises(ValueError, match="not in the vocabulary"):
         page.input_ids(ckpt, "0 9", "text")
+
+
+def test_an_unknown_token_id_is_a_message_for_every_figure(state):
+    # the labels were looked up before the model checked the ids: an IndexError, shown as
+    # "internal error" in the page
+    with pytest.raises(ValueError, match="token id 3 is out of range"):
+        page.head_figures(state, "tiny-sdpa", 0, 0, "model", ["matrix"], "0 3", "ids", False)
+    with pytest.raises(ValueError, match="token id 3 is out of range"):
+        page.coverage_figure(state, "tiny-sdpa", "0 1 3", "ids", "fixed", "merged")
+
+
+def test_a_compared_checkpoint_fits_the_page_beside_or_below(state):
+    # side_by_side of two forms was 2,706 px wide: the second model's form lay off the page
+    args = (0, 0, "model", list(page.PARTS), "", "text", False)
+    a = page.head_figures(state, "tiny-metric", *args)
+    b = page.head_figures(state, "tiny-sdpa", *args)
+    for name in ("form", "spectrum", "distances", "attention"):
+        fig = page.pair(a[name], b[name], ("tiny-metric", "tiny-sdpa"))
+        assert (fig.layout.width or 0) <= page.PAGE_WIDTH, name
+        titles = [n.text for n in fig.layout.annotations if "<b>" in (n.text or "")]
+        assert titles == ["<b>tiny-metric</b>", "<b>tiny-sdpa</b>"], name
+        assert len(fig.data) == len(a[name].data) + len(b[name].data)
+    form = page.pair(a["form"], b["form"], ("tiny-metric", "tiny-sdpa"))
+    assert form.layout.height > 1.5 * a["form"].layout.height  # wide figures: one below the other
+    cov = page.coverage_figure(state, "tiny-sdpa", "", "text", "fixed", "merged")
+    assert (page.pair(cov, cov, ("a", "b")).layout.width or 0) <= page.PAGE_WIDTH
 
 
 def test_coverage_grid_is_checkpoint_coverage(state, runs):

@@ -213,3 +213,56 @@ def test_guard_turns_errors_into_messages_without_tracebacks():
         raise ValueError("x" * 5000)
 
     assert len(long_message().children) <= 600
+
+
+@pytest.mark.parametrize(
+    ("name", "layers", "idle"),
+    [
+        ("fixed", None, {"mode"}),
+        ("fixed", 3, set()),
+        ("dense", None, {"stride", "summary", "mode"}),
+        ("local", 2, {"summary"}),
+        ("star", "", {"summary", "mode"}),
+        ("upload", 4, {"n", "stride", "summary"}),
+    ],
+)
+def test_controls_that_change_nothing_are_disabled(name, layers, idle):
+    # a box the pattern ignores (the summary of dense, the mode without layers) would look as if
+    # it changed the figures
+    assert page.idle_controls(name, layers) == idle
+
+
+@pytest.mark.parametrize(
+    ("controls", "argv"),
+    [
+        (("fixed", 64, None, 1, "causal", None, "interleave"), ["fixed", "--n", "64"]),
+        (
+            ("fixed", 48, 6, 2, "bidirectional", None, "interleave"),
+            ["fixed", "--n", "48", "--stride", "6", "--summary", "2", "--bidirectional"],
+        ),
+        (
+            ("local", 32, 5, 1, "causal", None, "interleave"),
+            ["local", "--n", "32", "--window", "5"],
+        ),
+        (
+            ("strided", 32, None, 1, "causal", 3, "merged"),
+            ["strided", "--n", "32", "--layers", "3", "--mode", "merged"],
+        ),
+        (
+            ("star", 20, 7, 1, "causal", 2, "heads"),
+            ["star", "--n", "20", "--hub", "7", "--layers", "2", "--mode", "heads"],
+        ),
+        (("rtl", 27, 4, 1, "causal", None, "interleave"), ["rtl", "--n", "27", "--stride", "4"]),
+        (
+            ("dense", 12, None, 1, "bidirectional", None, "interleave"),
+            ["dense", "--n", "12", "--bidirectional"],
+        ),
+    ],
+)
+def test_the_report_is_what_flowgraph_check_prints(controls, argv, capsys):
+    from app.cli import main
+
+    out = page.analyse(_state(), *controls, True, None)
+    main(["check", *argv, "--flow"])
+    assert out["report"].summary() == capsys.readouterr().out.strip()
+    assert out["rows"][-1][0] == "flow per query" and "of the targets" in out["rows"][-1][1]

@@ -3,7 +3,9 @@
 :func:`guard` wraps a callback: a ValueError/TypeError/OSError (bad input, a missing or
 corrupt file — the library's messages name the argument and the fix) or a lookup's KeyError is
 shown as it is; any other exception is logged on the server with its traceback and shown as a
-one-line "internal error" message. The figures keep what they showed (``no_update``).
+one-line "internal error" message. The other outputs keep what they showed (``no_update``)
+unless the callback names what to show instead (``failed``): a result of the previous settings
+beside an error message about the new ones would read as the new result.
 """
 
 from __future__ import annotations
@@ -30,12 +32,15 @@ def message(text: str, kind: str = "error") -> html.Div:
 
 
 def guard(
-    outputs: int, message_at: int | None
+    outputs: int,
+    message_at: int | None,
+    failed: Callable[[], dict[int, Any]] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a callback returning ``outputs`` values, the one at ``message_at`` being the
-    page's message area: exceptions turn into a message there and ``no_update`` elsewhere.
+    page's message area: exceptions turn into a message there and ``no_update`` elsewhere, or,
+    for the indices ``failed()`` returns, the values it gives (e.g. emptied results).
     ``message_at`` None: a callback whose failures another callback's message already shows
-    (same inputs, same checks) only keeps its outputs (``no_update``)."""
+    (same inputs, same checks) sets only those outputs."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
@@ -50,6 +55,8 @@ def guard(
                 log.exception("dashboard callback %s failed", fn.__name__)
                 text = f"internal error ({type(exc).__name__}); the server log has the details"
             result: list[Any] = [no_update] * outputs
+            for index, value in (failed() if failed else {}).items():
+                result[index] = value
             if message_at is not None:
                 result[message_at] = message(text)
             return result[0] if outputs == 1 else tuple(result)

@@ -5,7 +5,8 @@ neighbour bars, distance heatmap and 2-D PCA map."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -151,3 +152,16 @@ def make_pca_figure(
         font=_FONT,
     )
     return fig
+
+
+NO_RESULT = "no result: correct the input above"
+
+
+def no_result_figure() -> go.Figure:
+    """What a figure shows while the controls are invalid (instead of the previous result)."""
+    return placeholder_figure(NO_RESULT, height=160)
+
+
+def no_results(*indices: int) -> Callable[[], dict[int, Any]]:
+    """A ``guard(failed=...)`` that empties the figures at ``indices``."""
+    return lambda: {i: no_result_figure() for i in indices}

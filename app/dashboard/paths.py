@@ -40,13 +40,16 @@ class Root:
         return real == self.real or (self.real.is_dir() and real.is_relative_to(self.real))
 
 
-def make_roots(flag: str, paths: Sequence[Path | str]) -> list[Root]:
-    """The roots named by ``flag``; each must exist (ValueError otherwise)."""
+def make_roots(flag: str, paths: Sequence[Path | str], folders: bool = False) -> list[Root]:
+    """The roots named by ``flag``; each must exist, and be a folder when ``folders``
+    (ValueError otherwise)."""
     roots = []
     for given in paths:
         given = Path(given)
         if not given.exists():
             raise ValueError(f"{flag}: no such file or folder: {str(given)!r}")
+        if folders and not given.is_dir():
+            raise ValueError(f"{flag}: expected a folder, got the file {str(given)!r}")
         roots.append(Root(flag, given, given.resolve(strict=True)))
     return roots
 

@@ -127,9 +127,13 @@ class DashboardState:
     def __init__(
         self, runs: Path | None, checkpoints: Sequence[Path], vectors: Path | None
     ) -> None:
-        self.checkpoint_roots = make_roots("--runs", [runs] if runs is not None else [])
+        self.checkpoint_roots = make_roots(
+            "--runs", [runs] if runs is not None else [], folders=True
+        )
         self.checkpoint_roots += make_roots("--checkpoint", list(checkpoints))
-        self.vector_roots = make_roots("--vectors", [vectors] if vectors is not None else [])
+        self.vector_roots = make_roots(
+            "--vectors", [vectors] if vectors is not None else [], folders=True
+        )
         self.checkpoints = LRUCache(8)
         self.vectors = LRUCache(4)
         self.uploads = LRUCache(8)  # uploaded .npz bytes by sha256 (≤ 4 MB each)

@@ -21,6 +21,7 @@ from app.dashboard.figures import (
     make_distance_heatmap_figure,
     make_neighbours_figure,
     make_pca_figure,
+    no_results,
 )
 from app.dashboard.layout import control, graph_section, number_box, page, text_box
 from app.dashboard.payload import lighten
@@ -166,7 +167,7 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
         Input("embeddings-k", "value"),
         Input("embeddings-tokens", "value"),
     )
-    @guard(outputs=5, message_at=0)
+    @guard(outputs=5, message_at=0, failed=no_results(2, 3))  # the PCA map needs no query
     def update(source: object, query: object, k: object, tokens: object) -> tuple[Any, ...]:
         out = explore(state, source, query, k, tokens)
         return None, out["info"], out["neighbours"], out["distances"], out["pca"]

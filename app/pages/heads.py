@@ -17,6 +17,7 @@ from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from app.dashboard import limits
 from app.dashboard.errors import guard, message
+from app.dashboard.figures import NO_RESULT, no_results
 from app.dashboard.layout import control, graph_section, page, radio, text_box
 from app.dashboard.payload import lighten
 from app.dashboard.state import DashboardState, current_state
@@ -30,6 +31,7 @@ DEFAULT_TOKENS = 16  # the example input when none is typed
 # attention) from two callbacks, so the top is drawn while the bottom is still on its way.
 HALVES = ("form", "tokens")
 FIGURES = {"form": ("form", "spectrum"), "tokens": ("distances", "attention")}
+PAGE_WIDTH = 1300  # px: a figure wider than this lies partly outside a laptop's page
 MAX_PREFETCH_HEADS = 64  # a checkpoint's heads computed ahead of a switch (12×12 BERT: not all)
 
 
@@ -67,6 +69,11 @@ def input_ids(ckpt: Any, text: object, kind: str) -> np.ndarray:
         )
     if ids.size > ckpt.n_ctx:
         raise ValueError(f"input has {ids.size} tokens; {ckpt.name} reads at most {ckpt.n_ctx}")
+    if ids.max() >= ckpt.vocab_size:  # checked here: the figures label tokens before the model runs
+        raise ValueError(
+            f"token id {int(ids.max())} is out of range: {ckpt.name} has {ckpt.vocab_size:,} "
+            f"tokens (ids 0..{ckpt.vocab_size - 1})"
+        )
     return ids
 
 
@@ -144,6 +151,26 @@ def head_figures(
             ("tokens", real, layer, head, ids.tobytes(), positions), token_figures
         )
     return out
+
+
+def pair(left: go.Figure, right: go.Figure, titles: tuple[str, str] | None = None) -> go.Figure:
+    """Two checkpoints' figures in one that fits the page: side by side (narrowed to the page
+    by the browser when wider than :data:`PAGE_WIDTH`), or one below the other when narrowing
+    would leave panels too small to read (the three-panel form)."""
+    from models import plots
+
+    # gap 1/8: binary-exact cell bounds (combine_figures' 1 - 2·cell - gap must not come out
+    # as -4e-17, which plotly refuses as an axis domain); room for the left colour bar
+    widths = [f.layout.width or 700 for f in (left, right)]
+    if sum(widths) * 1.125 <= PAGE_WIDTH:
+        return plots.combine_figures([left, right], cols=2, titles=titles, gap=0.125)
+    if sum(widths) * 1.125 <= 2.1 * PAGE_WIDTH:  # too wide: the browser narrows it to the page
+        fig = plots.combine_figures([left, right], cols=2, titles=titles, gap=0.125)
+        return fig.update_layout(width=None, autosize=True)
+    if max(widths) <= PAGE_WIDTH:
+        return plots.combine_figures([left, right], cols=1, titles=titles, gap=0.125)
+    fig = plots.side_by_side(left, right, titles=titles)
+    return fig.update_layout(width=None, autosize=True)  # the browser fits it to the page
 
 
 def prefetch_heads(
@@ -396,7 +423,6 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
     def figures(half: str, controls: tuple[Any, ...]) -> tuple[list[Any], str | None, Any]:
         """The half's figures for the controls (beside the second checkpoint's, if any), the
         symmetry line (form half) and a note when the second checkpoint fails."""
-        from models import plots
 
         path, path2, layer, head, space, parts, text, kind, positions = controls
         parts = [p for p in PARTS if p in (parts or [])] or ["matrix"]
@@ -425,7 +451,7 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
                 key = ("side", half, str(path), str(path2), *args[:3], tuple(parts), *args[4:])
                 figs = state.cached(
                     key,
-                    lambda: [lighten(plots.side_by_side(a, b, titles=titles)) for a, b in pairs],
+                    lambda: [lighten(pair(a, b, titles)) for a, b in pairs],
                 )
                 if symmetry is not None:
                     symmetry += f"; {right['symmetry']:.3f} ({right['ckpt'].name})"
@@ -438,7 +464,7 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
         Output("heads-spectrum", "figure"),
         *head_inputs,  # not the positions box: the form does not depend on it
     )
-    @guard(outputs=4, message_at=0)
+    @guard(outputs=4, message_at=0, failed=lambda: {1: NO_RESULT, **no_results(2, 3)()})
     def update(*controls: Any) -> tuple[Any, ...]:
         path, _, layer, head = controls[:4]
         if not path or layer is None or head is None:
@@ -452,7 +478,8 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
         *head_inputs,
         Input("heads-positions", "value"),
     )
-    @guard(outputs=2, message_at=None)  # the same inputs fail the same way in update's message
+    # the same inputs fail the same way in update's message
+    @guard(outputs=2, message_at=None, failed=no_results(0, 1))
     def update_tokens(*controls: Any) -> tuple[Any, ...]:
         path, _, layer, head = controls[:4]
         if not path or layer is None or head is None:
@@ -470,11 +497,10 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
         Input("heads-pattern", "value"),
         Input("heads-mode", "value"),
     )
-    @guard(outputs=2, message_at=0)
+    @guard(outputs=2, message_at=0, failed=no_results(1))
     def coverage(
         path: object, path2: object, text: object, kind: str, pattern: str, mode: str
     ) -> tuple[Any, ...]:
-        from models import plots
 
         if not path:
             return no_update, no_update
@@ -482,5 +508,6 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
         if path2:
             right = coverage_figure(state, str(path2), text, kind, pattern, mode)
             key = ("side-coverage", str(path), str(path2), text, kind, pattern, mode)
-            fig = state.cached(key, lambda: lighten(plots.side_by_side(fig, right)))
+            titles = (state.checkpoint(str(path)).name, state.checkpoint(str(path2)).name)
+            fig = state.cached(key, lambda: lighten(pair(fig, right, titles)))
         return None, fig

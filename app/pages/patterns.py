@@ -19,7 +19,7 @@ from dash import Dash, Input, Output, State, dcc, html
 import flowgraph as fg
 from app.dashboard import limits
 from app.dashboard.errors import guard, message
-from app.dashboard.figures import placeholder_figure
+from app.dashboard.figures import NO_RESULT, no_result_figure, no_results, placeholder_figure
 from app.dashboard.layout import control, graph_section, number_box, page, radio
 from app.dashboard.payload import lighten
 from app.dashboard.state import DashboardState
@@ -30,6 +30,7 @@ PATTERNS = ("dense", "local", "strided", "fixed", "ltr", "rtl", "star")
 BIDIRECTIONAL_ONLY = ("ltr", "rtl", "star")
 UPLOAD = "upload"
 MODES = ("interleave", "merged", "heads")
+IDLE_CANDIDATES = ("n", "stride", "summary", "mode")  # controls some settings ignore
 EDGE_NS = (16, 64, 256, 1024, 4096)
 DEFAULTS: dict[str, Any] = {"name": "fixed", "n": 64, "summary": 1, "compare_n": 1024}
 
@@ -71,6 +72,22 @@ def build_pattern(
         return fg.strided(n, stride=l, causal=causal)
     c = limits.int_option("summary", summary, 1, l, default=1)
     return fg.fixed(n, stride=l, summary=c, causal=causal)
+
+
+def idle_controls(name: object, layers: object) -> set[str]:
+    """The controls that change nothing for pattern ``name`` and this ``layers`` box (the page
+    disables them): n, stride and summary of uploaded masks, the stride of dense, the summary of
+    all but fixed, the mode while layers is empty."""
+    idle = set()
+    if name == UPLOAD:
+        idle |= {"n", "stride", "summary"}
+    elif name == "dense":
+        idle.add("stride")
+    if name != "fixed":
+        idle.add("summary")
+    if layers is None or layers == "":
+        idle.add("mode")
+    return idle
 
 
 def stack_pattern(pattern: fg.Pattern, layers: object, mode: object) -> fg.Pattern:
@@ -356,13 +373,16 @@ def layout(**_query: str) -> html.Div:
                     ),
                     control(
                         "masks (.npz)",
-                        dcc.Upload(
-                            id="patterns-upload",
-                            children=html.Div("drop or click: .npz of masks"),
-                            accept=".npz",
-                            max_size=limits.MAX_UPLOAD_BYTES,
-                            multiple=False,
-                            className="fg-upload",
+                        html.Div(  # assets/upload.js reads the cap here to refuse aloud
+                            dcc.Upload(
+                                id="patterns-upload",
+                                children=html.Div("drop or click: .npz of masks"),
+                                accept=".npz",
+                                max_size=limits.MAX_UPLOAD_BYTES,
+                                multiple=False,
+                                className="fg-upload",
+                            ),
+                            **{"data-max-bytes": str(limits.MAX_UPLOAD_BYTES)},
                         ),
                         f"≤ {limits.MAX_UPLOAD_BYTES // 2**20} MB; array 'masks' (steps, n, n)",
                     ),
@@ -402,6 +422,12 @@ def layout(**_query: str) -> html.Div:
 
 
 # --- callbacks --------------------------------------------------------------------------------
+def _failed_top() -> dict[int, Any]:
+    """What update shows when the controls are invalid: no verdict, report or masks of the
+    previous settings beside the message about the new ones."""
+    return {1: NO_RESULT, 2: "fg-verdict fg-bad", 3: None, 4: None, 5: no_result_figure()}
+
+
 def register_callbacks(app: Dash, state: DashboardState) -> None:
     @app.callback(
         Output("patterns-direction", "value"),
@@ -417,6 +443,15 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
             {"label": "bidirectional", "value": "bidirectional"},
         ]
         return ("bidirectional" if locked else direction or "causal"), options
+
+    @app.callback(
+        *(Output(f"patterns-{c}", "disabled") for c in IDLE_CANDIDATES),
+        Input("patterns-name", "value"),
+        Input("patterns-layers", "value"),
+    )
+    def disable_idle(name: str, layers: object) -> tuple[bool, ...]:
+        idle = idle_controls(name, layers)
+        return tuple(c in idle for c in IDLE_CANDIDATES)
 
     @app.callback(
         Output("patterns-upload-key", "data"),
@@ -454,7 +489,7 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
         Output("patterns-masks", "figure"),
         *inputs,
     )
-    @guard(outputs=6, message_at=0)
+    @guard(outputs=6, message_at=0, failed=_failed_top)
     def update(*controls: Any) -> tuple[Any, ...]:
         out = result(controls)
         report: fg.Report = out["report"]
@@ -477,7 +512,8 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
         Output("patterns-edges", "figure"),
         *inputs,
     )
-    @guard(outputs=4, message_at=None)  # the same analysis fails the same way in update's message
+    # the same analysis fails the same way in update's message
+    @guard(outputs=4, message_at=None, failed=no_results(0, 1, 2, 3))
     def update_below(*controls: Any) -> tuple[Any, ...]:
         out = result(controls)
         return out["reach"], out["graph"], out["flow"], out["edges"]

@@ -1,0 +1,34 @@
+// dcc.Upload drops a file above its max_size in the browser and tells the server nothing, so
+// the page would stay silent: say so beside the upload box instead. The box sits in an element
+// whose data-max-bytes attribute holds the cap (the server checks the same cap again).
+(function () {
+  "use strict";
+
+  function report(files, target) {
+    const holder = target && target.closest ? target.closest("[data-max-bytes]") : null;
+    if (!holder || !files || !files.length) return;
+    const limit = Number(holder.getAttribute("data-max-bytes"));
+    let note = holder.querySelector(".fg-upload-refused");
+    const file = files[0];
+    if (file.size <= limit) {
+      if (note) note.remove();
+      return;
+    }
+    if (!note) {
+      note = document.createElement("div");
+      note.className = "fg-message fg-error fg-upload-refused";
+      note.setAttribute("role", "alert");
+      holder.appendChild(note);
+    }
+    const fmt = (x) => x.toLocaleString("en-US");
+    note.textContent =
+      `${file.name} is ${fmt(file.size)} bytes; the limit is ${fmt(limit)} bytes (not uploaded)`;
+  }
+
+  document.addEventListener("change", (e) => report(e.target.files, e.target), true);
+  document.addEventListener(
+    "drop",
+    (e) => report(e.dataTransfer ? e.dataTransfer.files : null, e.target),
+    true,
+  );
+})();
