@@ -463,7 +463,9 @@ def combine_figures(
             axis = out.layout[f"{letter}axis{new[1:]}"]
             lo, hi = axis.domain or (0.0, 1.0)
             start, size = cell[letter]
-            updates: dict = {"domain": [_place(lo, start, size), _place(hi, start, size)]}
+            # clamped: float rounding can put an edge cell at -4e-17, which plotly rejects
+            domain = [min(1.0, max(0.0, _place(v, start, size))) for v in (lo, hi)]
+            updates: dict = {"domain": domain}
             for ref in ("anchor", "scaleanchor", "matches", "overlaying"):
                 if axis[ref] is not None:
                     updates[ref] = _remap_ref(axis[ref], mapping)

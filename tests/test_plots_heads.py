@@ -271,6 +271,19 @@ def test_combine_figures_grid_keeps_every_trace() -> None:
         plots.combine_figures([go.Figure(go.Pie(values=[1, 2]))])
 
 
+@pytest.mark.parametrize("gap", [0.06, 0.08, 0.1, 1 / 8])
+@pytest.mark.parametrize("cols", [1, 2, 3])
+def test_combined_axis_domains_stay_inside_the_page(cols: int, gap: float) -> None:
+    """Rounding must not push an edge cell's domain below 0 or above 1 (plotly rejects it:
+    cols=1, gap=0.08 once gave -4e-17)."""
+    form = quadratic_form(4)
+    figs = [plots.make_form_figure(form), plots.make_spectrum_figure(form)] * 2
+    fig = plots.combine_figures(figs, cols=cols, gap=gap)
+    for trace in fig.data:
+        (x0, x1), (y0, y1) = _domains(fig, trace)
+        assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+
+
 @pytest.mark.browser
 @needs_browser
 def test_combined_figure_exports_to_png(tmp_path) -> None:
