@@ -3,9 +3,9 @@
 On a GPU each template instantiation is compiled as its own ``cupy.RawModule`` (NVRTC; see
 ``gpu._cupy.kernel``: a process compiles only what it launches, since CuPy keeps no disk cache
 for modules with name expressions); the compile test builds each source whole with nvcc, the
-emulation tests with the C++ compiler and ``tests/cuda_emu``. ``NAME_EXPRESSIONS`` lists, per file, the template kernels to instantiate
-beside its ``extern "C"`` ones, so that every instantiation the launchers use is compiled by
-every path.
+emulation tests with the C++ compiler and ``tests/cuda_emu``. ``NAME_EXPRESSIONS`` lists, per
+file, the template kernels to instantiate beside its ``extern "C"`` ones, so that every
+instantiation the launchers use is compiled by every path.
 """
 
 from __future__ import annotations
