@@ -63,7 +63,10 @@ def _triangular_k(length: int) -> int | None:
 
 @functools.lru_cache(maxsize=64)
 def _pack_index(k: int, device: torch.device) -> torch.Tensor:
-    return pack_index(k).to(device)
+    # a normal tensor even when first asked for under torch.inference_mode(): the cached index
+    # is later saved for backward, which inference tensors refuse
+    with torch.inference_mode(False):
+        return pack_index(k).to(device)
 
 
 def pack_index(k: int) -> torch.Tensor:

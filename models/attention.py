@@ -162,8 +162,12 @@ class _Attention(nn.Module):
         key = (T, str(device))
         if key not in self._sparse:
             assert self.mask_hnn is not None
-            dense = self.mask_hnn[:, :T, :T].cpu()
-            self._sparse[key] = gpu.SparseMask.from_masks(dense, block=_block_for(T)).to(device)
+            # built outside inference mode: a mask first made during inference_mode() evaluation
+            # must still serve training, whose backward saves its index tensors
+            with torch.inference_mode(False):
+                dense = self.mask_hnn[:, :T, :T].cpu()
+                mask = gpu.SparseMask.from_masks(dense, block=_block_for(T)).to(device)
+            self._sparse[key] = mask
         return self._sparse[key]
 
     def _own_or_combined(

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import flowgraph as fg
+import gpu.metric
 from models.attention import (
     DotProductAttention,
     MetricAttention,
@@ -167,6 +168,20 @@ def test_float32_paths_agree_and_differentiate(kind):
     torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-5)
     for (name, p1), p2 in zip(sparse.named_parameters(), dense.parameters(), strict=True):
         torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_module_evaluated_under_inference_mode_still_trains(kind):
+    """Masks and metric indices cached during torch.inference_mode() evaluation are normal
+    tensors: the training step after it can save them for backward."""
+    gpu.metric._pack_index.cache_clear()  # so the first use below is under inference_mode
+    module = KINDS[kind](n_ctx=N, pattern=fg.fixed(N, stride=4), pattern_mode="heads")
+    module.use_gpu_ops = True  # the SparseMask path, whose mask the module caches
+    x_bnc = torch.randn(2, N, C)
+    with torch.inference_mode():
+        module(x_bnc)
+    module(x_bnc.clone().requires_grad_(True)).square().sum().backward()
+    assert all(p.grad is not None for p in module.parameters())
 
 
 def test_metric_starts_as_identity():
