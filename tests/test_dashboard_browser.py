@@ -255,10 +255,21 @@ def test_heads_page(page, server, shots, timings):
     page.click("#heads-open")
     page.locator("#heads-path-message").get_by_text("opened tiny-sdpa").wait_for()
     _no_traceback(page)
-
-    # the head-space form exists for metric heads only: a message, not a crash
-    _radio(page, "heads-space", "head")
-    page.locator("#heads-message").get_by_text("metric heads only").wait_for()
+    # the head-space form exists for metric heads only: for a dot-product checkpoint the choice
+    # is greyed out (and the page stays on model space)
+    head_space = page.locator('#heads-space input[value="head"]')
+    page.wait_for_function(
+        """() => document.querySelector('#heads-info').innerText.startsWith('tiny-sdpa')
+             && document.querySelector('#heads-space input[value="head"]').disabled""",
+        timeout=STEP_TIMEOUT_MS,
+    )
+    assert page.locator('#heads-space input[value="model"]').is_checked()
+    _select(page, "heads-ckpt", str((runs / "tiny-metric").resolve()))
+    page.wait_for_function(
+        """() => !document.querySelector('#heads-space input[value="head"]').disabled""",
+        timeout=STEP_TIMEOUT_MS,
+    )
+    assert head_space.is_enabled()
     _no_traceback(page)
 
 

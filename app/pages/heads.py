@@ -77,6 +77,15 @@ def input_ids(ckpt: Any, text: object, kind: str) -> np.ndarray:
     return ids
 
 
+def space_options(attention_kind: str | None) -> list[dict[str, Any]]:
+    """The space radio's options: "head" (the metric M) only for metric heads, greyed out
+    otherwise — dot-product and quadratic heads have their form in model space alone."""
+    return [
+        {"label": "model", "value": "model"},
+        {"label": "head", "value": "head", "disabled": attention_kind != "metric"},
+    ]
+
+
 def describe(ckpt: Any) -> str:
     direction = "causal" if ckpt.causal else "bidirectional"
     return (
@@ -253,10 +262,12 @@ def layout(**_query: str) -> html.Div:
     layers: list[dict[str, Any]] = []
     heads: list[dict[str, Any]] = []
     info: Any = "no checkpoint under the roots (--runs / --checkpoint)"
+    spaces = space_options(None)
     if first is not None:
         try:
             layers, heads = _choices(state, first)
             info = describe(state.checkpoint(first))
+            spaces = space_options(state.checkpoint(first).attention_kind)
         except (ValueError, TypeError, OSError) as exc:
             info = message(str(exc))
     start = 0 if layers else None
@@ -307,7 +318,7 @@ def layout(**_query: str) -> html.Div:
                     ),
                     control(
                         "space",
-                        radio("heads-space", ["model", "head"], "model"),
+                        radio("heads-space", spaces, "model"),
                         "head: the metric M (metric heads)",
                     ),
                     control(
@@ -398,22 +409,24 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
         Output("heads-head", "value"),
         Output("heads-info", "children"),
         Output("heads-space", "value"),
+        Output("heads-space", "options"),
         Input("heads-ckpt", "value"),
         State("heads-layer", "value"),
         State("heads-head", "value"),
         State("heads-space", "value"),
         prevent_initial_call=True,  # the layout holds the first checkpoint's choices
     )
-    @guard(outputs=6, message_at=4)
+    @guard(outputs=7, message_at=4)
     def choose_checkpoint(path: object, layer: Any, head: Any, space: str) -> tuple[Any, ...]:
         if not path:
-            return [], None, [], None, "no checkpoint under the roots", no_update
+            return [], None, [], None, "no checkpoint under the roots", no_update, no_update
         ckpt = state.checkpoint(path)
         layers, heads = _choices(state, path)
         layer = layer if isinstance(layer, int) and 0 <= layer < ckpt.num_layers else 0
         head = head if isinstance(head, int) and 0 <= head < ckpt.num_heads else 0
         space = space if ckpt.attention_kind == "metric" else "model"
-        return layers, layer, heads, head, describe(ckpt), space
+        spaces = space_options(ckpt.attention_kind)
+        return layers, layer, heads, head, describe(ckpt), space, spaces
 
     head_inputs = [
         Input(f"heads-{name}", "value")
