@@ -244,7 +244,26 @@ def test_heads_page(page, server, shots, timings):
     page.screenshot(path=str(shots / "heads-compare.png"), full_page=False)
     page.screenshot(path=str(shots / "heads-compare-full.png"), full_page=True)
 
-    # paths typed in the page cannot leave the roots
+    # the head-space form exists for metric heads only: for a dot-product checkpoint the choice
+    # is greyed out (and the page stays on model space); back on a metric one it is offered again
+    head_space = page.locator('#heads-space input[value="head"]')
+    _select(page, "heads-ckpt", sdpa)
+    page.wait_for_function(
+        """() => document.querySelector('#heads-info').innerText.startsWith('tiny-sdpa')
+             && document.querySelector('#heads-space input[value="head"]').disabled""",
+        timeout=STEP_TIMEOUT_MS,
+    )
+    assert page.locator('#heads-space input[value="model"]').is_checked()
+    _select(page, "heads-ckpt", str((runs / "tiny-metric").resolve()))
+    page.wait_for_function(
+        """() => document.querySelector('#heads-info').innerText.startsWith('tiny-metric')
+             && !document.querySelector('#heads-space input[value="head"]').disabled""",
+        timeout=STEP_TIMEOUT_MS,
+    )
+    assert head_space.is_enabled()
+    _no_traceback(page)
+
+    # paths typed in the page cannot leave the roots; a path inside them opens its checkpoint
     for text in ("../../", "/etc", str(runs.parent)):
         _type(page, "heads-path", text)
         page.click("#heads-open")
@@ -254,22 +273,10 @@ def test_heads_page(page, server, shots, timings):
     _type(page, "heads-path", "tiny-sdpa")
     page.click("#heads-open")
     page.locator("#heads-path-message").get_by_text("opened tiny-sdpa").wait_for()
-    _no_traceback(page)
-    # the head-space form exists for metric heads only: for a dot-product checkpoint the choice
-    # is greyed out (and the page stays on model space)
-    head_space = page.locator('#heads-space input[value="head"]')
     page.wait_for_function(
-        """() => document.querySelector('#heads-info').innerText.startsWith('tiny-sdpa')
-             && document.querySelector('#heads-space input[value="head"]').disabled""",
+        """() => document.querySelector('#heads-info').innerText.startsWith('tiny-sdpa')""",
         timeout=STEP_TIMEOUT_MS,
     )
-    assert page.locator('#heads-space input[value="model"]').is_checked()
-    _select(page, "heads-ckpt", str((runs / "tiny-metric").resolve()))
-    page.wait_for_function(
-        """() => !document.querySelector('#heads-space input[value="head"]').disabled""",
-        timeout=STEP_TIMEOUT_MS,
-    )
-    assert head_space.is_enabled()
     _no_traceback(page)
 
 
