@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from flowgraph.app.cli_command import add_command
+from flowgraph.app.cli_dashboard import add_subcommand as add_dashboard
+from flowgraph.app.cli_heads import add_subcommand as add_heads
+from flowgraph.app.cli_word2vec import add_subcommand as add_word2vec
 
 import flowgraph as fg
-from app.cli_command import add_command
-from app.cli_dashboard import add_subcommand as add_dashboard
-from app.cli_heads import add_subcommand as add_heads
-from app.cli_word2vec import add_subcommand as add_word2vec
 
 __all__ = ["build_parser", "main"]
 
@@ -135,9 +135,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     import torch  # imported here, not at start-up
-
-    from models.checkpoint import CheckpointError
-    from models.train import TrainConfig, run_from_args, train_demo
+    from flowgraph.models.checkpoint import CheckpointError
+    from flowgraph.models.train import TrainConfig, run_from_args, train_demo
 
     if args.threads is not None:
         if args.threads < 1:
@@ -303,7 +302,7 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from app.demo import run_demo  # plotly is only needed here
+    from flowgraph.app.demo import run_demo  # plotly is only needed here
 
     return run_demo(args.n, args.out)
 

@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from app.cli_command import add_command
+from flowgraph.app.cli_command import add_command
 
 __all__ = ["add_subcommand", "run_dashboard"]
 
@@ -54,10 +54,10 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
 
 def run_dashboard(args: argparse.Namespace) -> int:
     """Build the app from ``args``, print its URL and serve until interrupted."""
-    from app.dashboard import create_app
-    from app.dashboard.app import warm
-    from app.dashboard.paths import find_checkpoints
-    from app.dashboard.state import STATE_KEY
+    from flowgraph.app.dashboard import create_app
+    from flowgraph.app.dashboard.app import warm
+    from flowgraph.app.dashboard.paths import find_checkpoints
+    from flowgraph.app.dashboard.state import STATE_KEY
 
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be in 1..65535, got --port {args.port}")

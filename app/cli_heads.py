@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flowgraph.app.cli_command import add_command
 
 import flowgraph as fg
-from app.cli_command import add_command
 
 __all__ = ["add_subcommand", "head_figures", "parse_ids", "run_heads", "write_figures"]
 
@@ -142,7 +142,7 @@ def _token_ids(ckpt: Any, args: argparse.Namespace) -> np.ndarray | None:
 
 def head_figures(ckpt: Any, args: argparse.Namespace) -> list[tuple[str, Any]]:
     """(name, figure) for each picture of head ``args.head`` of layer ``args.layer``."""
-    from models import plots
+    from flowgraph.models import plots
 
     for flag, value, size, what in (
         ("--layer", args.layer, ckpt.num_layers, "layers"),
@@ -226,8 +226,9 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def write_figures(figures: list[Any], out: Path, title: str, *, cols: int = 2) -> Path:
     """Every figure into one ``.html`` (plotly.js embedded once) or one ``.png`` (a grid of
     ``cols`` figures per row)."""
+    from flowgraph.models.plots import combine_figures
+
     from flowgraph.plot import write_png
-    from models.plots import combine_figures
 
     suffix = out.suffix.lower()
     if suffix not in (".html", ".png"):
@@ -253,8 +254,8 @@ def write_figures(figures: list[Any], out: Path, title: str, *, cols: int = 2) -
 
 def run_heads(args: argparse.Namespace) -> int:
     """The ``heads`` subcommand: load, draw, write; returns the exit status (0)."""
-    from models.heads import load_checkpoint
-    from models.plots import side_by_side
+    from flowgraph.models.heads import load_checkpoint
+    from flowgraph.models.plots import side_by_side
 
     if args.out.suffix.lower() not in (".html", ".png"):
         raise _usage_error(f"--out must end in .html or .png, got --out {str(args.out)!r}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from app.cli_command import add_command
+from flowgraph.app.cli_command import add_command
 
 __all__ = ["add_subcommand", "run_word2vec"]
 
@@ -53,7 +53,7 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
 
 
 def run_word2vec(args: argparse.Namespace) -> int:
-    from models.word2vec import train_word2vec
+    from flowgraph.models.word2vec import train_word2vec
 
     if not args.corpus.is_file():
         raise ValueError(f"CORPUS.txt: no such file: {str(args.corpus)!r}")

@@ -54,9 +54,9 @@ from pathlib import Path
 import _report
 import torch
 import torch.nn.functional as F
+from flowgraph.gpu.metric import metric_attention_reference, packed_size, unpack_symmetric
 
-import gpu
-from gpu.metric import metric_attention_reference, packed_size, unpack_symmetric
+from flowgraph import gpu
 
 MIB = 2**20
 GPU_SIZES = (1024, 2048, 4096, 8192, 16384, 32768)
@@ -167,7 +167,7 @@ def call(method: Method, cfg: Config, inputs: tuple[torch.Tensor, ...]) -> torch
 def check_outputs(methods: list[Method], cfg: Config, n: int, device: torch.device) -> None:
     """Every method against the float64 reference on fresh inputs; the kernel's buffers are
     poisoned so an unwritten element shows as NaN. Raises AssertionError naming the method."""
-    import gpu._metric_cuda as metric_cuda
+    import flowgraph.gpu._metric_cuda as metric_cuda
 
     p, m, _ = make_inputs(cfg, n, device, cfg.seed + 10_000 + n)
     ref = metric_attention_reference(p.double(), m.double(), cfg.causal)

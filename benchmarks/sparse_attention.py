@@ -36,11 +36,11 @@ from dataclasses import dataclass
 import _report
 import torch
 import torch.nn.functional as F
+from flowgraph.gpu.mask import SparseMask
+from flowgraph.gpu.reference import sparse_attention_reference
 
 import flowgraph as fg
-import gpu
-from gpu.mask import SparseMask
-from gpu.reference import sparse_attention_reference
+from flowgraph import gpu
 
 MIB = 2**20
 OURS = "gpu.sparse_attention (this kernel)"
@@ -135,7 +135,7 @@ def inputs(batch, heads, n, d, sets, seed):
 
 def check_case(case: Case, batch: int, heads: int) -> dict[str, float]:
     """‖out − ref‖/‖ref‖ of every method on rows that see a key, this kernel's output poisoned."""
-    import gpu._sparse_cuda as sparse_cuda
+    import flowgraph.gpu._sparse_cuda as sparse_cuda
 
     q, k, v, _ = inputs(batch, heads, case.n, case.d, 1, 1234)[0]
     ref = sparse_attention_reference(q.double(), k.double(), v.double(), case.mask)

@@ -30,8 +30,7 @@ import time
 import _report
 import torch
 import torch.nn.functional as F
-
-from models.gpt import GPT, GPTConfig
+from flowgraph.models.gpt import GPT, GPTConfig
 
 VARIANTS = {
     "sdpa": dict(attention="sdpa"),

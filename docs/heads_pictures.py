@@ -33,9 +33,8 @@ _RUNS: list[Path] = []  # where the sorters live (set by main, or a temporary fo
 def sorters() -> tuple:
     """(metric checkpoint, dot-product checkpoint), trained once per process if missing."""
     import torch
-
-    from models.heads import load_checkpoint
-    from models.train import DEMO_MODEL, DEMO_TRAIN, TrainConfig, run_from_args
+    from flowgraph.models.heads import load_checkpoint
+    from flowgraph.models.train import DEMO_MODEL, DEMO_TRAIN, TrainConfig, run_from_args
 
     root = _RUNS[0] if _RUNS else Path(tempfile.mkdtemp(prefix="heads-pictures-"))
     torch.set_num_threads(1)  # small models on a busy CPU run faster on one thread
@@ -64,7 +63,7 @@ def _input_ids():
 
 def forms() -> go.Figure:
     """The symmetric and antisymmetric parts of layer 0, head 0, metric beside dot-product."""
-    from models import plots
+    from flowgraph.models import plots
 
     figs = [
         plots.make_form_figure(
@@ -76,7 +75,7 @@ def forms() -> go.Figure:
 
 
 def spectra() -> go.Figure:
-    from models import plots
+    from flowgraph.models import plots
 
     figs = [plots.make_spectrum_figure(c.qk_form(LAYER, HEAD, "model")) for c in sorters()]
     return plots.side_by_side(*figs, titles=tuple(_who(c) for c in sorters()))
@@ -84,7 +83,7 @@ def spectra() -> go.Figure:
 
 def distances() -> go.Figure:
     """Squared distances between the three symbols' embeddings, as in the seed's sorter plot."""
-    from models import plots
+    from flowgraph.models import plots
 
     figs = [
         plots.make_token_distance_figure(
@@ -96,7 +95,7 @@ def distances() -> go.Figure:
 
 
 def attention() -> go.Figure:
-    from models import plots
+    from flowgraph.models import plots
 
     ids = _input_ids()
     figs = [
@@ -108,7 +107,7 @@ def attention() -> go.Figure:
 
 def coverage() -> go.Figure:
     """How much of every head's attention the strided pattern (stride ⌊√21⌋ = 4) keeps."""
-    from models import plots
+    from flowgraph.models import plots
 
     ids = _input_ids()
     pattern = fg.strided(len(ids))

@@ -4,7 +4,8 @@ the torch reference implementation every kernel is tested against.
 Layer: imports ``flowgraph`` only (never ``models`` or ``app``); CuPy is imported lazily so that
 everything runs on a machine without CUDA through the torch reference path.
 
->>> import flowgraph as fg, gpu, torch
+>>> import flowgraph as fg, torch
+>>> from flowgraph import gpu
 >>> mask = gpu.SparseMask.from_pattern(fg.strided(100, stride=10), heads=4, mode="heads")
 >>> q_bhnd = torch.randn(2, 4, 100, 32)
 >>> out_bhnd = gpu.sparse_attention(q_bhnd, q_bhnd, q_bhnd, mask)
@@ -19,17 +20,16 @@ On a CUDA tensor with CuPy installed the kernels run (``gpu/_sparse_cuda.py``,
 from __future__ import annotations
 
 import torch
-
-from gpu.backend import backend_for
-from gpu.mask import SparseMask
-from gpu.metric import (
+from flowgraph.gpu.backend import backend_for
+from flowgraph.gpu.mask import SparseMask
+from flowgraph.gpu.metric import (
     metric_attention,
     metric_attention_reference,
     pack_symmetric,
     quadratic_attention_reference,
     unpack_symmetric,
 )
-from gpu.reference import check_inputs, sparse_attention_reference
+from flowgraph.gpu.reference import check_inputs, sparse_attention_reference
 
 __all__ = [
     "SparseMask",
@@ -61,7 +61,9 @@ def sparse_attention(
     """
     scale = check_inputs(q_bhnd, k_bhnd, v_bhnd, mask, scale)
     if backend_for(q_bhnd) == "cupy":  # pragma: no cover - needs a GPU and CuPy
-        from gpu import _sparse_cuda  # registers the custom ops; CuPy loads at the first launch
+        from flowgraph.gpu import (
+            _sparse_cuda,  # registers the custom ops; CuPy loads at the first launch
+        )
 
         if _sparse_cuda.supports(q_bhnd):  # float64 and other head dims: the reference
             return _sparse_cuda.sparse_attention(q_bhnd, k_bhnd, v_bhnd, mask, scale)

@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from gpu.kernels import KERNELS, NAME_EXPRESSIONS
-from gpu.kernels import source as _read_source
+from flowgraph.gpu.kernels import KERNELS, NAME_EXPRESSIONS
+from flowgraph.gpu.kernels import source as _read_source
 
 __all__ = [
     "DEFAULT_SHARED_BYTES",
@@ -100,7 +99,7 @@ def kernel(source: str, name: str, device: torch.device | None = None) -> Any:
     if template and name not in NAME_EXPRESSIONS[source]:
         raise ValueError(
             f'name must be an extern "C" kernel of {source} or one of its '
-            f"gpu.kernels.NAME_EXPRESSIONS, got name={name!r}"
+            f"flowgraph.gpu.kernels.NAME_EXPRESSIONS, got name={name!r}"
         )
     cupy = _cupy()
     if device is None:

@@ -37,10 +37,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from gpu._cupy import MAX_GRID_YZ
-from gpu._launch_common import KERNEL_SUFFIX, aligned16, new_output
-from gpu.kernels import (
+from flowgraph.gpu._cupy import MAX_GRID_YZ
+from flowgraph.gpu._launch_common import KERNEL_SUFFIX, aligned16, new_output
+from flowgraph.gpu.kernels import (
     BLOCKS,
     METRIC_HEAD_DIMS,
     metric_attention_bwd_config,
@@ -49,9 +48,9 @@ from gpu.kernels import (
     metric_attention_fwd_wmma_config,
     metric_bwd_keys,
 )
-from gpu.mask import SparseMask
-from gpu.metric import packed_size, unpack_symmetric
-from gpu.reference import _per_head
+from flowgraph.gpu.mask import SparseMask
+from flowgraph.gpu.metric import packed_size, unpack_symmetric
+from flowgraph.gpu.reference import _per_head
 
 __all__ = ["Launcher", "launcher", "metric_attention_cuda", "poison_outputs", "unsupported_reason"]
 
@@ -81,7 +80,7 @@ class _CupyLauncher:
     """``gpu._cupy``: compiled once per process and device, launched on torch's current stream."""
 
     def kernel(self, name: str, device: torch.device) -> Any:
-        from gpu import _cupy  # type: ignore[attr-defined]
+        from flowgraph.gpu import _cupy  # type: ignore[attr-defined]
 
         return _cupy.kernel("metric_attention.cu", name, device)
 
@@ -89,7 +88,7 @@ class _CupyLauncher:
         self, kern: Any, grid: tuple[int, int, int], block: tuple[int, int, int], args: tuple,
         shared_mem: int, device: torch.device,
     ) -> None:  # fmt: skip
-        from gpu import _cupy  # type: ignore[attr-defined]
+        from flowgraph.gpu import _cupy  # type: ignore[attr-defined]
 
         raw = tuple(_cupy.ptr(a) if a is None or isinstance(a, torch.Tensor) else a for a in args)
         _cupy.launch(kern, grid, block, raw, shared_mem, device)

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
-from gpu import _cupy
-from gpu._launch_common import KERNEL_SUFFIX, aligned16, new_output
-from gpu.kernels import (
+from flowgraph.gpu import _cupy
+from flowgraph.gpu._launch_common import KERNEL_SUFFIX, aligned16, new_output
+from flowgraph.gpu.kernels import (
     BLOCKS,
     HEAD_DIMS,
     sparse_attention_bwd_config,
@@ -30,8 +29,8 @@ from gpu.kernels import (
     sparse_attention_fwd_wmma_config,
     sparse_bwd_keys,
 )
-from gpu.mask import SparseMask
-from gpu.reference import _per_head
+from flowgraph.gpu.mask import SparseMask
+from flowgraph.gpu.reference import _per_head
 
 __all__ = ["DTYPES", "sparse_attention", "supports"]
 

@@ -11,7 +11,7 @@ __all__ = ["backend_for"]
 
 def _kernels_available() -> bool:
     """The CuPy launchers live in ``gpu/_cupy.py`` (absent from a trimmed install: no kernels)."""
-    return importlib.util.find_spec("gpu._cupy") is not None
+    return importlib.util.find_spec("flowgraph.gpu._cupy") is not None
 
 
 def backend_for(q_bhnd: torch.Tensor) -> str:

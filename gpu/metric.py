@@ -30,10 +30,9 @@ import numbers
 
 import torch
 import torch.nn.functional as F
-
-from gpu.backend import backend_for
-from gpu.mask import SparseMask
-from gpu.reference import DTYPES, _per_head, _tile_table, sparse_attention_reference
+from flowgraph.gpu.backend import backend_for
+from flowgraph.gpu.mask import SparseMask
+from flowgraph.gpu.reference import DTYPES, _per_head, _tile_table, sparse_attention_reference
 
 __all__ = [
     "check_metric_inputs",
@@ -429,7 +428,7 @@ def metric_attention(
     """
     scale = check_metric_inputs(p_bhnk, m_packed_hl, causal, mask, scale)
     if backend_for(p_bhnk) == "cupy":  # pragma: no cover - needs a GPU and CuPy
-        from gpu import _metric_cuda
+        from flowgraph.gpu import _metric_cuda
 
         needs_grad = torch.is_grad_enabled() and (p_bhnk.requires_grad or m_packed_hl.requires_grad)
         if _metric_cuda.unsupported_reason(p_bhnk, mask, needs_grad) is None:

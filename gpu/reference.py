@@ -17,8 +17,7 @@ import numbers
 
 import torch
 import torch.nn.functional as F
-
-from gpu.mask import SparseMask
+from flowgraph.gpu.mask import SparseMask
 
 __all__ = ["DTYPES", "check_inputs", "sparse_attention_reference"]
 

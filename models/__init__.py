@@ -5,19 +5,19 @@ Layer: imports ``gpu`` and ``flowgraph`` (never ``app``). The training checkpoin
 ``models.checkpoint``; ``models.load_checkpoint`` is the head-metrics loader (any checkpoint kind).
 """
 
-from models.attention import DotProductAttention, MetricAttention, QuadraticAttention
-from models.checkpoint import CheckpointError
-from models.embedding import PartiallyFrozenEmbedding, remap
-from models.entity_memory import (
+from flowgraph.models.attention import DotProductAttention, MetricAttention, QuadraticAttention
+from flowgraph.models.checkpoint import CheckpointError
+from flowgraph.models.embedding import PartiallyFrozenEmbedding, remap
+from flowgraph.models.entity_memory import (
     DEFAULT_BLOCK_SIZE,
     EntityMemory,
     entity_attention,
     find_mentions,
 )
-from models.gpt import GPT, GPTConfig
-from models.heads import Checkpoint, load_checkpoint
-from models.tasks import TASKS, CharTask, SortTask, make_task
-from models.train import TrainConfig, load_model, train
+from flowgraph.models.gpt import GPT, GPTConfig
+from flowgraph.models.heads import Checkpoint, load_checkpoint
+from flowgraph.models.tasks import TASKS, CharTask, SortTask, make_task
+from flowgraph.models.train import TrainConfig, load_model, train
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",

@@ -34,8 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import gpu
-from flowgraph import Pattern
+from flowgraph import Pattern, gpu
 
 __all__ = [
     "ATTENTIONS",

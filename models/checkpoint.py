@@ -33,8 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from models._atomic import fsync_path
+from flowgraph.models._atomic import fsync_path
 
 __all__ = [
     "CheckpointError",

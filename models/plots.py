@@ -27,10 +27,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
+from flowgraph.models.heads.metrics import QKForm
 from plotly.subplots import make_subplots
 
 from flowgraph.plot import figure_title
-from models.heads.metrics import QKForm
 
 __all__ = [
     "FORM_PARTS",

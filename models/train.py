@@ -36,10 +36,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-from models.checkpoint import find_checkpoint, load_model_state, read_checkpoint, save_checkpoint
-from models.gpt import GPT, GPTConfig
-from models.tasks import EVAL_SEED, IGNORE, SortTask, heldout_batches, make_task
+from flowgraph.models.checkpoint import (
+    find_checkpoint,
+    load_model_state,
+    read_checkpoint,
+    save_checkpoint,
+)
+from flowgraph.models.gpt import GPT, GPTConfig
+from flowgraph.models.tasks import EVAL_SEED, IGNORE, SortTask, heldout_batches, make_task
 
 __all__ = ["EVAL_SEED", "TrainConfig", "evaluate", "load_model", "lr_at", "train", "train_demo"]
 

@@ -77,8 +77,7 @@ def make_tiny_runs(root: Path) -> dict[str, Path]:
     """Two tiny sorters (a dot-product and a metric model, 2 layers × 2 heads) trained for a
     few steps into ``root/NAME``: seconds on a CPU, enough for every page to have real data."""
     import torch
-
-    from models.train import TrainConfig, run_from_args
+    from flowgraph.models.train import TrainConfig, run_from_args
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -118,8 +117,7 @@ def make_tiny_vectors(root: Path) -> Path:
     """Saved word vectors (random, 40 words × 8) in ``root/tiny-w2v``: the Embeddings page reads
     the saved format; what the vectors mean does not matter to it."""
     import numpy as np
-
-    from models.word2vec import WordVectors
+    from flowgraph.models.word2vec import WordVectors
 
     words = [f"w{i}" for i in range(40)]
     vectors = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
@@ -131,7 +129,7 @@ def serve_dashboard(*args: str, log_path: Path) -> Iterator[str]:
     """Run ``flowgraph dashboard ARGS --port P`` in a subprocess until the block ends; yields
     the URL it printed, once the page answers. Its output goes to ``log_path``."""
     port = free_port()
-    cmd = [sys.executable, "-m", "app.cli", "dashboard", *args, "--port", str(port)]
+    cmd = [sys.executable, "-m", "flowgraph.app.cli", "dashboard", *args, "--port", str(port)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -7,15 +7,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-import flowgraph as fg
-import gpu.metric
-from models.attention import (
+from flowgraph.gpu import metric as gpu_metric
+from flowgraph.models.attention import (
     DotProductAttention,
     MetricAttention,
     QuadraticAttention,
     masked_attention,
 )
+
+import flowgraph as fg
 
 N, C, H = 20, 24, 3  # n_ctx, d_model, heads
 
@@ -174,7 +174,7 @@ def test_float32_paths_agree_and_differentiate(kind):
 def test_a_module_evaluated_under_inference_mode_still_trains(kind):
     """Masks and metric indices cached during torch.inference_mode() evaluation are normal
     tensors: the training step after it can save them for backward."""
-    gpu.metric._pack_index.cache_clear()  # so the first use below is under inference_mode
+    gpu_metric._pack_index.cache_clear()  # so the first use below is under inference_mode
     module = KINDS[kind](n_ctx=N, pattern=fg.fixed(N, stride=4), pattern_mode="heads")
     module.use_gpu_ops = True  # the SparseMask path, whose mask the module caches
     x_bnc = torch.randn(2, N, C)

@@ -8,15 +8,14 @@ import os
 
 import pytest
 import torch
-
-from app.cli import main
-from models.checkpoint import (
+from flowgraph.app.cli import main
+from flowgraph.models.checkpoint import (
     CheckpointError,
     load_model_state,
     read_checkpoint,
     save_checkpoint,
 )
-from models.gpt import GPT, GPTConfig
+from flowgraph.models.gpt import GPT, GPTConfig
 
 CONFIG = GPTConfig(vocab_size=5, n_layer=2, n_head=2, d_model=16, n_ctx=8, attention="metric")
 

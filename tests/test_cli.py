@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flowgraph.app.cli import main
 
 import flowgraph as fg
-from app.cli import main
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -181,7 +181,7 @@ def test_argparse_errors_exit_2():
 def test_console_script_runs(tmp_path: Path):
     """The installed entry point (python -m app.cli is the same code) gives the exit status."""
     done = subprocess.run(
-        [sys.executable, "-m", "app.cli", "check", "fixed", "--n", "16", "--json"],
+        [sys.executable, "-m", "flowgraph.app.cli", "check", "fixed", "--n", "16", "--json"],
         capture_output=True,
         text=True,
         check=False,

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from app.cli import main
-from models.word2vec import WordVectors, train_word2vec
+from flowgraph.app.cli import main
+from flowgraph.models.word2vec import WordVectors, train_word2vec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -72,14 +71,14 @@ def test_missing_corpus_exit_2(tmp_path: Path, capsys) -> None:
 
 def test_out_is_required_and_help_lists_the_options() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "app.cli", "word2vec", "--help"],
+        [sys.executable, "-m", "flowgraph.app.cli", "word2vec", "--help"],
         capture_output=True, text=True, cwd=ROOT, check=True,
     )  # fmt: skip
     for flag in ("--out", "--vector-size", "--window", "--negative", "--min-count", "--sample",
                  "--epochs", "--alpha", "--seed", "--device", "--hogwild"):  # fmt: skip
         assert flag in done.stdout
     missing = subprocess.run(
-        [sys.executable, "-m", "app.cli", "word2vec", "c.txt"],
+        [sys.executable, "-m", "flowgraph.app.cli", "word2vec", "c.txt"],
         capture_output=True, text=True, cwd=ROOT, check=False,
     )  # fmt: skip
     assert missing.returncode == 2 and "--out" in missing.stderr

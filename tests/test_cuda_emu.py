@@ -16,11 +16,11 @@ import pytest
 import torch
 from cuda_emu import HERE, KERNELS, EmuError, load
 from cuda_emu.testing import mask_case, needs_cxx
+from flowgraph.gpu.mask import SparseMask
+from flowgraph.gpu.reference import _per_head, sparse_attention_reference
 
 import flowgraph as fg
-import gpu
-from gpu.mask import SparseMask
-from gpu.reference import _per_head, sparse_attention_reference
+from flowgraph import gpu
 
 pytestmark = needs_cxx
 HAS_NVCC = shutil.which("nvcc") is not None
@@ -331,7 +331,9 @@ ATTENTION = [(16, 32), (32, 64), (16, 128), (64, 32), (128, 32)]  # (block, head
 
 @pytest.fixture(scope="module")
 def attention():
-    from gpu.kernels import NAME_EXPRESSIONS  # every instantiation: one build, shared (cached)
+    from flowgraph.gpu.kernels import (
+        NAME_EXPRESSIONS,  # every instantiation: one build, shared (cached)
+    )
 
     module = load(KERNELS / "sparse_attention.cu", NAME_EXPRESSIONS["sparse_attention.cu"])
     assert {f"sparse_attention_fwd_f32<{b}, {d}>" for b, d in ATTENTION} <= set(module.names)
@@ -341,7 +343,7 @@ def attention():
 def emulated_forward(module, q, k, v, mask, scale, seed=0):
     """What the CuPy launcher will do, with the emulator in place of the GPU: permute, launch on
     poisoned outputs, un-permute. Returns (out, lse) in token order."""
-    from gpu.kernels import sparse_attention_fwd_config
+    from flowgraph.gpu.kernels import sparse_attention_fwd_config
 
     b, h, n, d = q.shape
     if mask.perm_hn is not None:

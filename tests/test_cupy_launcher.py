@@ -20,10 +20,9 @@ import types
 import numpy as np
 import pytest
 import torch
-
-from gpu import _cupy, pack_symmetric
-from gpu.kernels import KERNELS, NAME_EXPRESSIONS
-from gpu.mask import SparseMask
+from flowgraph.gpu import _cupy, pack_symmetric
+from flowgraph.gpu.kernels import KERNELS, NAME_EXPRESSIONS
+from flowgraph.gpu.mask import SparseMask
 
 
 class FakeKernel:
@@ -355,7 +354,7 @@ def _check_against_signatures(log: Log, source: str) -> int:
 def cpu_ops(fake, monkeypatch):
     """Both ops run on CPU tensors through the real gpu._cupy.launch (and the fake CuPy):
     pointers are the tensors' addresses, the launch device is cuda:0."""
-    from gpu import _metric_cuda, _sparse_cuda
+    from flowgraph.gpu import _metric_cuda, _sparse_cuda
 
     real_kernel, real_launch, cuda0 = _cupy.kernel, _cupy.launch, torch.device("cuda", 0)
 
@@ -453,7 +452,7 @@ def test_every_launch_stays_within_the_kernel_s_launch_bounds(source):
     """A block of more threads than ``__launch_bounds__`` allows fails on the GPU only ("too many
     resources requested"); the emulator runs it. The thread counts the launchers take from
     gpu.kernels' configs must equal what each kernel declares."""
-    from gpu import kernels
+    from flowgraph.gpu import kernels
 
     assert _threads_allowed("8 * (B < 64 ? B : 64)", 128) == 512
     bounds = _launch_bounds(source)

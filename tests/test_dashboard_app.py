@@ -9,10 +9,9 @@ import re
 from pathlib import Path
 
 import pytest
-
-from app.cli import build_parser, main
-from app.dashboard import create_app
-from app.dashboard.state import STATE_KEY, current_state
+from flowgraph.app.cli import build_parser, main
+from flowgraph.app.dashboard import create_app
+from flowgraph.app.dashboard.state import STATE_KEY, current_state
 
 
 def _run(folder: Path) -> Path:
@@ -229,7 +228,7 @@ def test_a_bad_input_empties_the_heads_and_embeddings_results(tmp_path_factory):
     assert "correct the input" in json.dumps(below["heads-attention"]["figure"])
     coverage = _post(app, client, "heads-coverage.figure", heads, "heads-text.value")
     assert "correct the input" in json.dumps(coverage["heads-coverage"]["figure"])
-    from app.pages.embeddings import source_options
+    from flowgraph.app.pages.embeddings import source_options
 
     source = source_options(app.server.config[STATE_KEY])[0]["value"]
     emb = {

@@ -35,9 +35,9 @@ from browser import (
     timed_change,
     wait_for_figure_change,
 )
+from flowgraph.app.dashboard import limits
 
 import flowgraph as fg
-from app.dashboard import limits
 
 pytestmark = pytest.mark.browser
 

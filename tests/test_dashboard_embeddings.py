@@ -9,16 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 from browser import make_tiny_vectors, shared_tiny_runs
+from flowgraph.app.dashboard.embeddings import (
+    cosine_distances,
+    parse_tokens,
+    pca_2d,
+    table_from_checkpoint,
+)
+from flowgraph.app.dashboard.figures import make_distance_heatmap_figure, make_pca_figure
+from flowgraph.app.dashboard.state import DashboardState
+from flowgraph.app.pages import embeddings as page
+from flowgraph.models.heads import load_checkpoint
+from flowgraph.models.word2vec import WordVectors
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-
-from app.dashboard.embeddings import cosine_distances, parse_tokens, pca_2d, table_from_checkpoint
-from app.dashboard.figures import make_distance_heatmap_figure, make_pca_figure
-from app.dashboard.state import DashboardState
-from app.pages import embeddings as page
-from models.heads import load_checkpoint
-from models.word2vec import WordVectors
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from browser import shared_tiny_runs
+from flowgraph.app.dashboard import limits
+from flowgraph.app.dashboard.state import DashboardState, Prefetcher
+from flowgraph.app.pages import heads as page
+from flowgraph.app.pages.patterns import build_pattern
+from flowgraph.models.heads import load_checkpoint
 
 import flowgraph as fg
-from app.dashboard import limits
-from app.dashboard.state import DashboardState, Prefetcher
-from app.pages import heads as page
-from app.pages.patterns import build_pattern
-from models.heads import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -181,9 +181,9 @@ def test_prefetcher_runs_each_key_once_and_survives_errors():
 
 
 def test_warm_computes_each_pages_first_view(runs):
-    from app.dashboard import create_app
-    from app.dashboard.app import warm
-    from app.dashboard.state import STATE_KEY
+    from flowgraph.app.dashboard import create_app
+    from flowgraph.app.dashboard.app import warm
+    from flowgraph.app.dashboard.state import STATE_KEY
 
     app = create_app(runs, [], None)
     assert warm(app) == [f"{runs.name}/tiny-metric", f"{runs.name}/tiny-sdpa"]

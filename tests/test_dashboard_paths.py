@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from app.dashboard.limits import MAX_PATH_CHARS
-from app.dashboard.paths import find_checkpoints, find_vectors, make_roots, resolve_inside
-from app.dashboard.state import DashboardState, LRUCache
+from flowgraph.app.dashboard.limits import MAX_PATH_CHARS
+from flowgraph.app.dashboard.paths import find_checkpoints, find_vectors, make_roots, resolve_inside
+from flowgraph.app.dashboard.state import DashboardState, LRUCache
 
 
 def _run(folder: Path) -> Path:

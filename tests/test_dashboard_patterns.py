@@ -11,15 +11,15 @@ import math
 import numpy as np
 import pytest
 from dash import html, no_update
+from flowgraph.app.dashboard import limits
+from flowgraph.app.dashboard.errors import guard
+from flowgraph.app.dashboard.state import DashboardState
+from flowgraph.app.demo import comparison_rows
+from flowgraph.app.pages import patterns as page
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flowgraph as fg
-from app.dashboard import limits
-from app.dashboard.errors import guard
-from app.dashboard.state import DashboardState
-from app.demo import comparison_rows
-from app.pages import patterns as page
 
 
 def _state() -> DashboardState:
@@ -260,7 +260,7 @@ def test_controls_that_change_nothing_are_disabled(name, layers, idle):
     ],
 )
 def test_the_report_is_what_flowgraph_check_prints(controls, argv, capsys):
-    from app.cli import main
+    from flowgraph.app.cli import main
 
     out = page.analyse(_state(), *controls, True, None)
     main(["check", *argv, "--flow"])

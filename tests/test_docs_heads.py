@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from flowgraph.models import plots
+from flowgraph.models.checkpoint import save_checkpoint
+from flowgraph.models.gpt import GPT, GPTConfig
+from flowgraph.models.heads import QKForm
+from flowgraph.models.heads.checkpoint import ATTENTION_CACHE_SIZE
+from flowgraph.models.heads.hf import ACTIVATIONS, MODEL_TYPES
 
 import flowgraph as fg
-from models import plots
-from models.checkpoint import save_checkpoint
-from models.gpt import GPT, GPTConfig
-from models.heads import QKForm
-from models.heads.checkpoint import ATTENTION_CACHE_SIZE
-from models.heads.hf import ACTIVATIONS, MODEL_TYPES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -111,7 +111,7 @@ def _commands(block: str) -> list[tuple[list[str], list[str]]]:
 
 
 def test_heads_page_command_line_example_prints_what_the_page_shows(in_demo_dir, capsys):
-    from app.cli import main
+    from flowgraph.app.cli import main
 
     (block,) = [b for b in _fenced(HEADS, "console") if "flowgraph heads" in b]
     commands = _commands(block)
@@ -145,7 +145,7 @@ def test_the_plots_table_names_real_functions_and_arguments():
 
 
 def test_the_coverage_modes_and_pattern_names_are_the_codes():
-    from models.heads.metrics import MODES
+    from flowgraph.models.heads.metrics import MODES
 
     text = HEADS.read_text(encoding="utf-8")
     table = set(re.findall(r"^\| `(\w+)` \| (?:the union|step)", text, flags=re.M))
@@ -164,7 +164,7 @@ def test_the_loading_page_lists_the_codes_constants():
 
 
 def test_heads_page_bad_argument_example_is_what_the_command_says(in_demo_dir, capsys):
-    from app.cli import main
+    from flowgraph.app.cli import main
 
     text = " ".join(HEADS.read_text(encoding="utf-8").split())
     message = re.search(r"names the argument, e\.g\. `([^`]+)`", text).group(1)

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from flowgraph.models import embedding as embedding_module
+from flowgraph.models.embedding import PartiallyFrozenEmbedding, remap
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-
-import models.embedding
-from models.embedding import PartiallyFrozenEmbedding, remap
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -788,7 +787,7 @@ def test_remap_leaves_its_inputs_alone() -> None:
 
 # --- documentation -------------------------------------------------------------------------------
 def test_module_doctests_run() -> None:
-    result = doctest.testmod(models.embedding, optionflags=doctest.NORMALIZE_WHITESPACE)
+    result = doctest.testmod(embedding_module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 5 and result.failed == 0
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from flowgraph.models.heads.metrics import QKForm, coverage, qk_form, token_distances
+from flowgraph.models.heads.weights import HeadWeights
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flowgraph as fg
-from models.heads.metrics import QKForm, coverage, qk_form, token_distances
-from models.heads.weights import HeadWeights
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
@@ -471,7 +471,7 @@ def test_blas_thread_limit_is_restored_even_from_threads() -> None:
         qk_form(w, 0)
         token_distances(qk_form(w, 1).symmetric, rng_for(1).normal(size=(9, 40)))
 
-    import models.heads.metrics as metrics
+    import flowgraph.models.heads.metrics as metrics
 
     with metrics._one_blas_thread():
         seen = [lib.num_threads for lib in controller.select(user_api="blas").lib_controllers]

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from flowgraph.models.checkpoint import CheckpointError
+from flowgraph.models.heads import UnsafeCheckpointError, load_checkpoint
 from safetensors.torch import save_file
-
-from models.checkpoint import CheckpointError
-from models.heads import UnsafeCheckpointError, load_checkpoint
 
 CONFIG = {
     "model_type": "bert",
@@ -149,9 +148,8 @@ def test_a_crafted_trainer_state_of_a_run_is_never_unpickled(tmp_path, payload):
     file and without torch's advice to retry unsafely; the payload never runs."""
     import hashlib
 
+    from flowgraph.models.checkpoint import read_checkpoint
     from test_heads_load import _model, _save_run
-
-    from models.checkpoint import read_checkpoint
 
     run = _save_run(tmp_path / "run", _model("sdpa", None, "interleave", True, "symmetric"))
     marker = tmp_path / "ran"

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 from cuda_emu import extern_c_kernels, load
-
-from gpu.kernels import KERNELS, NAME_EXPRESSIONS
+from flowgraph.gpu.kernels import KERNELS, NAME_EXPRESSIONS
 
 SOURCES = sorted(KERNELS.glob("*.cu"))
 ARCHS = ("sm_80", "sm_90")

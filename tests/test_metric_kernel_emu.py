@@ -21,9 +21,7 @@ import pytest
 import torch
 from cuda_emu import KERNELS, load
 from cuda_emu.testing import SUFFIX, needs_cxx
-
-import flowgraph as fg
-from gpu.kernels import (
+from flowgraph.gpu.kernels import (
     NAME_EXPRESSIONS,
     metric_attention_bwd_config,
     metric_attention_bwd_wmma_config,
@@ -31,9 +29,11 @@ from gpu.kernels import (
     metric_attention_fwd_wmma_config,
     metric_bwd_keys,
 )
-from gpu.mask import SparseMask
-from gpu.metric import metric_attention_reference, packed_size, unpack_symmetric
-from gpu.reference import _per_head
+from flowgraph.gpu.mask import SparseMask
+from flowgraph.gpu.metric import metric_attention_reference, packed_size, unpack_symmetric
+from flowgraph.gpu.reference import _per_head
+
+import flowgraph as fg
 
 pytestmark = needs_cxx
 i32 = np.int32
@@ -374,7 +374,7 @@ class EmuLauncher:
 
 @pytest.fixture
 def emu_op(metric, monkeypatch):
-    import gpu._metric_cuda as metric_cuda
+    import flowgraph.gpu._metric_cuda as metric_cuda
 
     launcher = EmuLauncher(metric, seed=3)
     monkeypatch.setattr(metric_cuda, "launcher", launcher)

@@ -16,12 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-import flowgraph as fg
-from gpu.mask import SparseMask
-from gpu.metric import (
+from flowgraph.gpu.mask import SparseMask
+from flowgraph.gpu.metric import (
     metric_attention,
     metric_attention_reference,
     pack_index,
@@ -30,6 +26,10 @@ from gpu.metric import (
     quadratic_attention_reference,
     unpack_symmetric,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import flowgraph as fg
 
 
 # --- oracles ------------------------------------------------------------------------------------

@@ -9,11 +9,11 @@ import shutil
 import numpy as np
 import plotly.graph_objects as go
 import pytest
+from flowgraph.models import plots
+from flowgraph.models.heads.metrics import qk_form, token_distances
+from flowgraph.models.heads.weights import HeadWeights
 
 from flowgraph.plot import write_png
-from models import plots
-from models.heads.metrics import qk_form, token_distances
-from models.heads.weights import HeadWeights
 
 HAS_BROWSER = bool(shutil.which("chromium") or shutil.which("google-chrome"))
 needs_browser = pytest.mark.skipif(

@@ -14,9 +14,7 @@ import pytest
 import torch
 from cuda_emu import HERE, KERNELS, EmuError, load
 from cuda_emu.testing import SUFFIX, mask_case, needs_cxx
-
-import flowgraph as fg
-from gpu.kernels import (
+from flowgraph.gpu.kernels import (
     NAME_EXPRESSIONS,
     sparse_attention_bwd_config,
     sparse_attention_bwd_wmma_config,
@@ -24,8 +22,10 @@ from gpu.kernels import (
     sparse_attention_fwd_wmma_config,
     sparse_bwd_keys,
 )
-from gpu.mask import SparseMask
-from gpu.reference import _per_head, sparse_attention_reference
+from flowgraph.gpu.mask import SparseMask
+from flowgraph.gpu.reference import _per_head, sparse_attention_reference
+
+import flowgraph as fg
 
 pytestmark = needs_cxx
 i32 = np.int32
@@ -175,7 +175,7 @@ def test_the_strided_pattern_permuted_in_heads_mode(sparse):
 def emulated_ops(sparse, monkeypatch):
     """gpu._sparse_cuda with the emulator in place of CuPy: kernels from the emulator build,
     tensors passed as themselves, launches under a fixed non-trivial schedule."""
-    from gpu import _sparse_cuda
+    from flowgraph.gpu import _sparse_cuda
 
     launches = []
 

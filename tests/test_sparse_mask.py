@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from flowgraph.gpu import kernels as gpu_kernels
+from flowgraph.gpu import reference as gpu_reference
+from flowgraph.gpu.mask import BLOCKS, Density, SparseMask, strided_permutation
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flowgraph as fg
-import gpu
-import gpu.kernels
-import gpu.reference
-from gpu.mask import BLOCKS, Density, SparseMask, strided_permutation
+from flowgraph import gpu
 
 
 # --- brute force --------------------------------------------------------------------------------
@@ -422,11 +422,11 @@ def _fenced(lang: str) -> list[str]:
     return re.findall(rf"^```{lang}\n(.*?)^```", DOCS.read_text(encoding="utf-8"), re.M | re.S)
 
 
-@pytest.mark.parametrize("module", [gpu, gpu.mask, gpu.reference, gpu.kernels])
+@pytest.mark.parametrize("module", [gpu, gpu.mask, gpu_reference, gpu_kernels])
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0
-    assert result.attempted > 0 or module in (gpu.reference, gpu.kernels)
+    assert result.attempted > 0 or module in (gpu_reference, gpu_kernels)
 
 
 def test_gpu_page_examples_run():

@@ -9,14 +9,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from flowgraph.gpu.mask import SparseMask
+from flowgraph.gpu.reference import sparse_attention_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import flowgraph as fg
-import gpu
-from gpu.mask import SparseMask
-from gpu.reference import sparse_attention_reference
+from flowgraph import gpu
 
 
 def oracle(q, k, v, allowed_hqk, scale=None):
@@ -208,7 +208,7 @@ def test_backend_for_needs_cuda_cupy_and_the_kernels(monkeypatch):
     cpu = torch.zeros(1, 1, 1, 1)
     cuda = cpu.as_subclass(_FakeCuda)
     real_find_spec = importlib.util.find_spec
-    present = {"gpu._cupy": False, "cupy": False}
+    present = {"flowgraph.gpu._cupy": False, "cupy": False}
 
     def find_spec(name, *args):
         if name in present:
@@ -217,7 +217,7 @@ def test_backend_for_needs_cuda_cupy_and_the_kernels(monkeypatch):
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     assert gpu.backend_for(cuda) == "torch"  # no kernels yet
-    present["gpu._cupy"] = True
+    present["flowgraph.gpu._cupy"] = True
     assert gpu.backend_for(cuda) == "torch"  # no cupy
     present["cupy"] = True
     assert gpu.backend_for(cuda) == "cupy"

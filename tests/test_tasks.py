@@ -7,10 +7,9 @@ import itertools
 
 import pytest
 import torch
-
-from models.gpt import GPTConfig
-from models.tasks import IGNORE, TASKS, CharTask, SortTask, make_task
-from models.train import TrainConfig, train
+from flowgraph.models.gpt import GPTConfig
+from flowgraph.models.tasks import IGNORE, TASKS, CharTask, SortTask, make_task
+from flowgraph.models.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from app.cli import main
-from models.checkpoint import read_checkpoint
-from models.gpt import GPTConfig
-from models.tasks import SortTask
-from models.train import DEMO_RUNS, TrainConfig, evaluate, load_model, lr_at, train
+from flowgraph.app.cli import main
+from flowgraph.models.checkpoint import read_checkpoint
+from flowgraph.models.gpt import GPTConfig
+from flowgraph.models.tasks import SortTask
+from flowgraph.models.train import DEMO_RUNS, TrainConfig, evaluate, load_model, lr_at, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(n_layer=1, n_head=2, d_model=16)
@@ -83,7 +82,7 @@ def test_bad_device_is_a_usage_error(tmp_path, capsys):
 
 def _cli(out: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "app.cli", "train", "--task", "sort", "--length", "7",
+        sys.executable, "-m", "flowgraph.app.cli", "train", "--task", "sort", "--length", "7",
         "--attention", "metric", "--pattern", "fixed", "--mode", "interleave",
         "--n-layer", "2", "--n-head", "2", "--d-model", "16", "--steps", "120",
         "--ckpt-every", "10", "--log-every", "5", "--eval-every", "100", "--seed", "3",
@@ -165,14 +164,14 @@ def test_ddp_two_processes_match_one(tmp_path):
     args += ["--quiet"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     torchrun = Path(sys.executable).parent / "torchrun"
-    two = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "app.cli"]
+    two = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "flowgraph.app.cli"]
     done = subprocess.run(
         [*two, *args, "--out", str(tmp_path / "two")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     subprocess.run(
-        [sys.executable, "-m", "app.cli", *args, "--out", str(tmp_path / "one")],
+        [sys.executable, "-m", "flowgraph.app.cli", *args, "--out", str(tmp_path / "one")],
         cwd=ROOT, env=env, check=True, capture_output=True, timeout=300,
     )  # fmt: skip
 

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flowgraph.models.word2vec import WordVectors, train_word2vec
+from flowgraph.models.word2vec.corpus import as_corpus, encode_chunks
+from flowgraph.models.word2vec.vocab import build_vocab
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from models.word2vec import WordVectors, train_word2vec
-from models.word2vec.corpus import as_corpus, encode_chunks
-from models.word2vec.vocab import build_vocab
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -85,8 +84,7 @@ def test_noise_distribution_is_count_to_the_three_quarters(counts: list[int]) ->
 
 def test_torch_noise_table_draws_count_to_the_three_quarters() -> None:
     import torch
-
-    from models.word2vec import _torch
+    from flowgraph.models.word2vec import _torch
 
     vocab = build_vocab([["a"] * 1000, ["b"] * 100, ["c"] * 10, ["d"]], min_count=1)
     table = _torch.noise_table(vocab.noise_cum_table(), torch.device("cpu"))
@@ -99,7 +97,7 @@ def test_torch_noise_table_draws_count_to_the_three_quarters() -> None:
 def test_alias_table_is_the_noise_distribution(counts: list[int]) -> None:
     """The numba loop draws negatives with Walker's alias method: i uniform, kept with
     prob_v[i], else alias_v[i]. Summing those masses back gives the distribution exactly."""
-    from models.word2vec import _cpu
+    from flowgraph.models.word2vec import _cpu
 
     vocab = build_vocab([[f"w{i}"] * c for i, c in enumerate(counts)], min_count=1)
     p_v = vocab.noise_probabilities()
@@ -111,7 +109,7 @@ def test_alias_table_is_the_noise_distribution(counts: list[int]) -> None:
 
 
 def test_alias_draws_follow_the_noise_distribution() -> None:
-    from models.word2vec import _cpu
+    from flowgraph.models.word2vec import _cpu
 
     vocab = build_vocab([["a"] * 1000, ["b"] * 100, ["c"] * 10, ["d"]], min_count=1)
     prob_v, alias_v = _cpu.alias_table(vocab.noise_probabilities())
@@ -194,7 +192,7 @@ def test_merge_adds_every_workers_delta(workers: int, seed: int) -> None:
     a copy of the tables (same split, same random state); the merged tables are the start
     plus the sum of their deltas, and every copy is handed the result with its flags
     cleared."""
-    from models.word2vec import _cpu
+    from flowgraph.models.word2vec import _cpu
 
     rng = np.random.default_rng(seed)
     num_rows, d = 12, 8
@@ -240,7 +238,7 @@ def test_merge_adds_every_workers_delta(workers: int, seed: int) -> None:
 
 
 def test_default_chunk_follows_the_vocabulary() -> None:
-    from models.word2vec.train import default_chunk_words
+    from flowgraph.models.word2vec.train import default_chunk_words
 
     assert default_chunk_words("numba", 2, True, 5_000) == 20_000  # at least 10k per worker
     assert default_chunk_words("numba", 2, True, 18_000) == 36_000
@@ -307,7 +305,7 @@ def test_text_file_blocks_and_long_lines_match_a_whole_read(text: str, block: in
     tokens, gives what reading the whole file and splitting it gives."""
     import tempfile
 
-    from models.word2vec import corpus as corpus_module
+    from flowgraph.models.word2vec import corpus as corpus_module
 
     with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
         mp.setattr(corpus_module, "MAX_SENTENCE_WORDS", cap)
@@ -319,7 +317,7 @@ def test_text_file_blocks_and_long_lines_match_a_whole_read(text: str, block: in
 
 
 def test_a_one_line_corpus_streams_in_sentences_of_10000(tmp_path: Path) -> None:
-    from models.word2vec.corpus import TextFile
+    from flowgraph.models.word2vec.corpus import TextFile
 
     path = tmp_path / "one_line.txt"
     words = [f"w{i % 97}" for i in range(25_000)]

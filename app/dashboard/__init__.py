@@ -4,6 +4,6 @@
 (:mod:`app.cli_dashboard`). Everything it loads in the browser is served by the app itself.
 """
 
-from app.dashboard.app import create_app
+from flowgraph.app.dashboard.app import create_app
 
 __all__ = ["create_app"]

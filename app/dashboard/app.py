@@ -7,10 +7,9 @@ from pathlib import Path
 
 import dash
 from dash import Dash, dcc, html
-
-from app.dashboard.plotlyjs import gzipped_plotlyjs, serve_plotlyjs
-from app.dashboard.state import STATE_KEY, DashboardState
-from app.pages import embeddings, heads, patterns
+from flowgraph.app.dashboard.plotlyjs import gzipped_plotlyjs, serve_plotlyjs
+from flowgraph.app.dashboard.state import STATE_KEY, DashboardState
+from flowgraph.app.pages import embeddings, heads, patterns
 
 __all__ = ["PAGES", "create_app", "warm"]
 

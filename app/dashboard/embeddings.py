@@ -37,7 +37,7 @@ def _unique(labels: list[str]) -> list[str]:
 def table_from_checkpoint(ckpt: Any, source: str) -> Any:
     """A checkpoint's token (``"tok"``) or position (``"pos"``) embeddings as WordVectors;
     positions are labelled ``p0, p1, …``."""
-    from models.word2vec import WordVectors
+    from flowgraph.models.word2vec import WordVectors
 
     if source == "tok":
         return WordVectors(_unique(list(ckpt.tokens)), ckpt.token_embeddings())

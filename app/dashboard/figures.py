@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
-
-from models.plots import token_label  # words as plotly shows them verbatim (<s>, \n, spaces)
+from flowgraph.models.plots import (
+    token_label,  # words as plotly shows them verbatim (<s>, \n, spaces)
+)
 
 __all__ = [
     "make_distance_heatmap_figure",

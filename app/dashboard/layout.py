@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dash import dcc, html
-
-from app.dashboard.figures import placeholder_figure
+from flowgraph.app.dashboard.figures import placeholder_figure
 
 __all__ = [
     "GRAPH_CONFIG",

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.dashboard.limits import MAX_PATH_CHARS, check_text
+from flowgraph.app.dashboard.limits import MAX_PATH_CHARS, check_text
 
 __all__ = [
     "Root",

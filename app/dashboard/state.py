@@ -18,7 +18,7 @@ from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from app.dashboard.paths import find_checkpoints, find_vectors, make_roots, resolve_inside
+from flowgraph.app.dashboard.paths import find_checkpoints, find_vectors, make_roots, resolve_inside
 
 __all__ = ["STATE_KEY", "DashboardState", "LRUCache", "Prefetcher", "current_state"]
 
@@ -164,7 +164,9 @@ class DashboardState:
         real = self.resolve_checkpoint(text)
 
         def load() -> Any:
-            from models.heads import load_checkpoint  # torch is imported on first use only
+            from flowgraph.models.heads import (
+                load_checkpoint,  # torch is imported on first use only
+            )
 
             return load_checkpoint(real)
 
@@ -175,7 +177,7 @@ class DashboardState:
         real = self.resolve_vectors(text)
 
         def load() -> Any:
-            from models.word2vec import WordVectors
+            from flowgraph.models.word2vec import WordVectors
 
             return WordVectors.load(real)
 

@@ -7,25 +7,24 @@ from __future__ import annotations
 from typing import Any
 
 from dash import Dash, Input, Output, dcc, html
-
-from app.dashboard import limits
-from app.dashboard.embeddings import (
+from flowgraph.app.dashboard import limits
+from flowgraph.app.dashboard.embeddings import (
     MAX_PCA_VECTORS,
     cosine_distances,
     parse_tokens,
     pca_2d,
     table_from_checkpoint,
 )
-from app.dashboard.errors import guard
-from app.dashboard.figures import (
+from flowgraph.app.dashboard.errors import guard
+from flowgraph.app.dashboard.figures import (
     make_distance_heatmap_figure,
     make_neighbours_figure,
     make_pca_figure,
     no_results,
 )
-from app.dashboard.layout import control, graph_section, number_box, page, text_box
-from app.dashboard.payload import lighten
-from app.dashboard.state import DashboardState, current_state
+from flowgraph.app.dashboard.layout import control, graph_section, number_box, page, text_box
+from flowgraph.app.dashboard.payload import lighten
+from flowgraph.app.dashboard.state import DashboardState, current_state
 
 PATH, NAME, ORDER = "/embeddings", "Embeddings", 2
 MAX_K = 100

@@ -14,14 +14,13 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 from dash import Dash, Input, Output, State, dcc, html, no_update
-
-from app.dashboard import limits
-from app.dashboard.errors import guard, message
-from app.dashboard.figures import NO_RESULT, no_results
-from app.dashboard.layout import control, graph_section, page, radio, text_box
-from app.dashboard.payload import lighten
-from app.dashboard.state import DashboardState, current_state
-from app.pages.patterns import PATTERNS, build_pattern
+from flowgraph.app.dashboard import limits
+from flowgraph.app.dashboard.errors import guard, message
+from flowgraph.app.dashboard.figures import NO_RESULT, no_results
+from flowgraph.app.dashboard.layout import control, graph_section, page, radio, text_box
+from flowgraph.app.dashboard.payload import lighten
+from flowgraph.app.dashboard.state import DashboardState, current_state
+from flowgraph.app.pages.patterns import PATTERNS, build_pattern
 
 PATH, NAME, ORDER = "/heads", "Heads", 1
 PARTS = ("matrix", "symmetric", "antisymmetric")
@@ -110,7 +109,7 @@ def head_figures(
     """One checkpoint's figures for one head (cached by every input): of ``halves``, "form"
     gives the form and spectrum figures and the symmetry, "tokens" the token distances and
     attention figures. The input is checked either way."""
-    from models import plots
+    from flowgraph.models import plots
 
     if not set(halves) <= set(HALVES):
         raise ValueError(f"halves must be among {', '.join(HALVES)}, got {halves!r}")
@@ -166,7 +165,7 @@ def pair(left: go.Figure, right: go.Figure, titles: tuple[str, str] | None = Non
     """Two checkpoints' figures in one that fits the page: side by side (narrowed to the page
     by the browser when wider than :data:`PAGE_WIDTH`), or one below the other when narrowing
     would leave panels too small to read (the three-panel form)."""
-    from models import plots
+    from flowgraph.models import plots
 
     # gap 1/8: binary-exact cell bounds (combine_figures' 1 - 2·cell - gap must not come out
     # as -4e-17, which plotly refuses as an axis domain); room for the left colour bar
@@ -209,7 +208,7 @@ def coverage_figure(
     state: DashboardState, path: str, text: object, kind: str, pattern_name: str, mode: str
 ) -> go.Figure:
     """The coverage grid of ``pattern_name`` (built at the input's length) on one checkpoint."""
-    from models import plots
+    from flowgraph.models import plots
 
     if mode not in COVERAGE_MODES:
         raise ValueError(f"mode must be one of {', '.join(COVERAGE_MODES)}, got {mode!r}")

@@ -15,14 +15,19 @@ from typing import Any, NamedTuple
 
 import plotly.graph_objects as go
 from dash import Dash, Input, Output, State, dcc, html
+from flowgraph.app.dashboard import limits
+from flowgraph.app.dashboard.errors import guard, message
+from flowgraph.app.dashboard.figures import (
+    NO_RESULT,
+    no_result_figure,
+    no_results,
+    placeholder_figure,
+)
+from flowgraph.app.dashboard.layout import control, graph_section, number_box, page, radio
+from flowgraph.app.dashboard.payload import lighten
+from flowgraph.app.dashboard.state import DashboardState
 
 import flowgraph as fg
-from app.dashboard import limits
-from app.dashboard.errors import guard, message
-from app.dashboard.figures import NO_RESULT, no_result_figure, no_results, placeholder_figure
-from app.dashboard.layout import control, graph_section, number_box, page, radio
-from app.dashboard.payload import lighten
-from app.dashboard.state import DashboardState
 from flowgraph import plot
 
 PATH, NAME, ORDER = "/", "Patterns", 0
@@ -124,7 +129,7 @@ def decode_upload(contents: object) -> bytes:
 def masks_from_npz(data: bytes, causal: bool, name: str) -> fg.Pattern:
     """A Pattern from .npz bytes, read by :func:`app.cli.load_masks` from a private temporary
     file (the user's file name is never used as a path)."""
-    from app.cli import UsageError, load_masks
+    from flowgraph.app.cli import UsageError, load_masks
 
     with tempfile.TemporaryDirectory(prefix="flowgraph-upload-") as tmp:
         path = Path(tmp) / f"{name}.npz"
@@ -297,7 +302,7 @@ def _analyse(state: DashboardState, settings: Settings) -> dict[str, Any]:
 
 def warm(state: DashboardState) -> None:
     """Compute what the page shows on arrival (its default controls) into the caches."""
-    from app.demo import comparison_rows
+    from flowgraph.app.demo import comparison_rows
 
     analyse(
         state,
@@ -525,7 +530,7 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
     )
     @guard(outputs=2, message_at=0)
     def compare(n: object) -> tuple[Any, ...]:
-        from app.demo import comparison_rows
+        from flowgraph.app.demo import comparison_rows
 
         n = limits.int_option("comparison n", n, 2, limits.MAX_COMPARE_N)
         rows = state.cached(("compare", n), lambda: comparison_rows(n))

@@ -6,9 +6,9 @@ query/key weights (:class:`HeadWeights`), bilinear form (:class:`QKForm`), induc
 distances and the share of attention a sparse pattern would keep.
 """
 
-from models.heads.checkpoint import Checkpoint, load_checkpoint
-from models.heads.metrics import QKForm
-from models.heads.safe_load import UnsafeCheckpointError
-from models.heads.weights import HeadWeights
+from flowgraph.models.heads.checkpoint import Checkpoint, load_checkpoint
+from flowgraph.models.heads.metrics import QKForm
+from flowgraph.models.heads.safe_load import UnsafeCheckpointError
+from flowgraph.models.heads.weights import HeadWeights
 
 __all__ = ["Checkpoint", "HeadWeights", "QKForm", "UnsafeCheckpointError", "load_checkpoint"]

@@ -32,11 +32,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from flowgraph.models.checkpoint import CheckpointError
+from flowgraph.models.heads.metrics import QKForm, coverage, qk_form, token_distances
+from flowgraph.models.heads.weights import HeadWeights
 
 import flowgraph as fg
-from models.checkpoint import CheckpointError
-from models.heads.metrics import QKForm, coverage, qk_form, token_distances
-from models.heads.weights import HeadWeights
 
 __all__ = ["ATTENTION_CACHE_SIZE", "Checkpoint", "load_checkpoint"]
 
@@ -394,11 +394,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if path.is_file() and path.suffix != ".pt" and (path.parent / "config.json").is_file():
         return load_checkpoint(path.parent)  # a file of a directory checkpoint: the directory
     if path.is_file():
-        from models.heads.nanogpt import load_nanogpt
+        from flowgraph.models.heads.nanogpt import load_nanogpt
 
         return load_nanogpt(path)
-    from models.checkpoint import find_checkpoint
-    from models.heads.flowgraph_run import load_flowgraph_run
+    from flowgraph.models.checkpoint import find_checkpoint
+    from flowgraph.models.heads.flowgraph_run import load_flowgraph_run
 
     if not path.is_dir():
         # an interrupted save leaves a run's checkpoint aside as .checkpoint.old-PID
@@ -412,11 +412,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if _is_run_checkpoint(path):
         return load_flowgraph_run(path, name=_run_name(path))
     if (path / "config.json").is_file():
-        from models.heads.hf import load_hf
+        from flowgraph.models.heads.hf import load_hf
 
         return load_hf(path, _read_json(path / "config.json"))
     if (path / "ckpt.pt").is_file():
-        from models.heads.nanogpt import load_nanogpt
+        from flowgraph.models.heads.nanogpt import load_nanogpt
 
         return load_nanogpt(path / "ckpt.pt", name=path.name)
     found = sorted(p.name for p in path.iterdir())[:10]

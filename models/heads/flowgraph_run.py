@@ -20,24 +20,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
-from models.attention import DotProductAttention, MetricAttention, QuadraticAttention
-from models.checkpoint import (
+from flowgraph.models.attention import DotProductAttention, MetricAttention, QuadraticAttention
+from flowgraph.models.checkpoint import (
     CheckpointError,
     load_model_state,
     read_checkpoint,
 )
-from models.gpt import GPT, GPTConfig
-from models.heads.checkpoint import (
+from flowgraph.models.gpt import GPT, GPTConfig
+from flowgraph.models.heads.checkpoint import (
     Checkpoint,
     char_tokenize,
     id_tokens,
     linear_per_head,
     split_tokenize,
 )
-from models.heads.weights import HeadWeights
-from models.tasks import make_task
+from flowgraph.models.heads.weights import HeadWeights
+from flowgraph.models.tasks import make_task
+from torch import nn
 
 __all__ = ["FlowgraphRun", "attention_probs", "load_flowgraph_run", "masked_softmax"]
 

@@ -35,9 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from models.checkpoint import CheckpointError
-from models.heads.checkpoint import (
+from flowgraph.models.checkpoint import CheckpointError
+from flowgraph.models.heads.checkpoint import (
     Checkpoint,
     dot_attention_sizes,
     fused_qkv_weights,
@@ -45,8 +44,8 @@ from models.heads.checkpoint import (
     linear_per_head,
     split_tokenize,
 )
-from models.heads.safe_load import TensorStore, check_shapes
-from models.heads.weights import HeadWeights
+from flowgraph.models.heads.safe_load import TensorStore, check_shapes
+from flowgraph.models.heads.weights import HeadWeights
 
 __all__ = [
     "ACTIVATIONS",

@@ -24,9 +24,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-from models.checkpoint import CheckpointError
-from models.heads.checkpoint import (
+from flowgraph.models.checkpoint import CheckpointError
+from flowgraph.models.heads.checkpoint import (
     Checkpoint,
     char_tokenize,
     dot_attention_sizes,
@@ -34,9 +33,14 @@ from models.heads.checkpoint import (
     id_tokens,
     split_tokenize,
 )
-from models.heads.hf import DecoderLayer, decoder_attention
-from models.heads.safe_load import TensorStore, check_shapes, load_plain_pickle, load_weights_only
-from models.heads.weights import HeadWeights
+from flowgraph.models.heads.hf import DecoderLayer, decoder_attention
+from flowgraph.models.heads.safe_load import (
+    TensorStore,
+    check_shapes,
+    load_plain_pickle,
+    load_weights_only,
+)
+from flowgraph.models.heads.weights import HeadWeights
 
 __all__ = ["COMPILED_PREFIX", "NanoGPTCheckpoint", "load_nanogpt"]
 

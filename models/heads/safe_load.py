@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from models.checkpoint import CheckpointError
+from flowgraph.models.checkpoint import CheckpointError
 
 __all__ = [
     "TensorStore",

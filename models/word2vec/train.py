@@ -16,11 +16,10 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
+from flowgraph.models.word2vec.corpus import as_corpus, encode_chunks
+from flowgraph.models.word2vec.vectors import WordVectors
+from flowgraph.models.word2vec.vocab import Vocab, build_vocab, check_sample
 from tqdm.auto import tqdm
-
-from models.word2vec.corpus import as_corpus, encode_chunks
-from models.word2vec.vectors import WordVectors
-from models.word2vec.vocab import Vocab, build_vocab, check_sample
 
 __all__ = ["train_word2vec"]
 
@@ -184,8 +183,7 @@ def _train_numba(
     total: int, chunk_words: int, workers: int, deterministic: bool,
 ) -> None:  # fmt: skip
     import numba
-
-    from models.word2vec import _cpu  # numba compiles (or loads its cache) on first use
+    from flowgraph.models.word2vec import _cpu  # numba compiles (or loads its cache) on first use
 
     numba.set_num_threads(min(workers, numba.config.NUMBA_NUM_THREADS))
     copies = scratch = None
@@ -220,7 +218,7 @@ def _train_torch(
     device: torch.device, bar, *, window: int, negative: int, alpha: float, epochs: int,
     total: int, chunk_words: int, seed: int, batch_size: int | None,
 ) -> np.ndarray:  # fmt: skip
-    from models.word2vec import _torch
+    from flowgraph.models.word2vec import _torch
 
     if batch_size is None:
         batch_size = DEFAULT_TORCH_BATCH["cuda" if device.type == "cuda" else "cpu"]

@@ -10,8 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
-
-from gpu._launch_common import KERNEL_SUFFIX
+from flowgraph.gpu._launch_common import KERNEL_SUFFIX
 
 __all__ = ["SUFFIX", "mask_case", "needs_cxx"]
 

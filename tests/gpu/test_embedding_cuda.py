@@ -8,9 +8,8 @@ import io
 
 import pytest
 import torch
+from flowgraph.models.embedding import PartiallyFrozenEmbedding, remap
 from torch import nn
-
-from models.embedding import PartiallyFrozenEmbedding, remap
 
 V, D = 2000, 16
 
