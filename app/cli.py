@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+import flowgraph as fg
 from flowgraph.app.cli_command import add_command
 from flowgraph.app.cli_dashboard import add_subcommand as add_dashboard
 from flowgraph.app.cli_heads import add_subcommand as add_heads
 from flowgraph.app.cli_word2vec import add_subcommand as add_word2vec
-
-import flowgraph as fg
 
 __all__ = ["build_parser", "main"]
 
@@ -135,6 +135,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     import torch  # imported here, not at start-up
+
     from flowgraph.models.checkpoint import CheckpointError
     from flowgraph.models.train import TrainConfig, run_from_args, train_demo
 

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flowgraph.app.cli_command import add_command
 
 import flowgraph as fg
+from flowgraph.app.cli_command import add_command
 
 __all__ = ["add_subcommand", "head_figures", "parse_ids", "run_heads", "write_figures"]
 
@@ -227,7 +227,6 @@ def write_figures(figures: list[Any], out: Path, title: str, *, cols: int = 2) -
     """Every figure into one ``.html`` (plotly.js embedded once) or one ``.png`` (a grid of
     ``cols`` figures per row)."""
     from flowgraph.models.plots import combine_figures
-
     from flowgraph.plot import write_png
 
     suffix = out.suffix.lower()

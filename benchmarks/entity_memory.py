@@ -53,6 +53,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 import _report  # noqa: E402
+
 from flowgraph.models.entity_memory import DEFAULT_BLOCK_SIZE, EntityMemory  # noqa: E402
 
 MIB = 2**20

@@ -41,10 +41,10 @@ from pathlib import Path
 import _report
 import numpy as np
 import torch
-from flowgraph.models.heads import load_checkpoint
-from flowgraph.models.heads.metrics import coverage, qk_form, token_distances
 
 import flowgraph as fg
+from flowgraph.models.heads import load_checkpoint
+from flowgraph.models.heads.metrics import coverage, qk_form, token_distances
 
 GOAL_ATTENTION_S = 1.0
 GOAL_METRICS_S = 0.5

@@ -54,9 +54,9 @@ from pathlib import Path
 import _report
 import torch
 import torch.nn.functional as F
-from flowgraph.gpu.metric import metric_attention_reference, packed_size, unpack_symmetric
 
 from flowgraph import gpu
+from flowgraph.gpu.metric import metric_attention_reference, packed_size, unpack_symmetric
 
 MIB = 2**20
 GPU_SIZES = (1024, 2048, 4096, 8192, 16384, 32768)

@@ -42,8 +42,9 @@ from dataclasses import dataclass, replace
 
 import _report
 import torch
-from flowgraph.models.embedding import PartiallyFrozenEmbedding, remap
 from torch import nn
+
+from flowgraph.models.embedding import PartiallyFrozenEmbedding, remap
 
 MIB = 2**20
 GOAL_VS_SEED = 0.6  # this module's step ≤ 0.6 × the seed's

@@ -36,11 +36,11 @@ from dataclasses import dataclass
 import _report
 import torch
 import torch.nn.functional as F
-from flowgraph.gpu.mask import SparseMask
-from flowgraph.gpu.reference import sparse_attention_reference
 
 import flowgraph as fg
 from flowgraph import gpu
+from flowgraph.gpu.mask import SparseMask
+from flowgraph.gpu.reference import sparse_attention_reference
 
 MIB = 2**20
 OURS = "gpu.sparse_attention (this kernel)"

@@ -30,6 +30,7 @@ import time
 import _report
 import torch
 import torch.nn.functional as F
+
 from flowgraph.models.gpt import GPT, GPTConfig
 
 VARIANTS = {

@@ -36,6 +36,7 @@ from pathlib import Path
 import _report
 import numpy as np
 import torch
+
 from flowgraph.models.word2vec import WordVectors, train_word2vec
 
 GOAL_SPEED_CPU = 1.0  # ours ≥ gensim's words/s on the CPU

@@ -33,6 +33,7 @@ _RUNS: list[Path] = []  # where the sorters live (set by main, or a temporary fo
 def sorters() -> tuple:
     """(metric checkpoint, dot-product checkpoint), trained once per process if missing."""
     import torch
+
     from flowgraph.models.heads import load_checkpoint
     from flowgraph.models.train import DEMO_MODEL, DEMO_TRAIN, TrainConfig, run_from_args
 

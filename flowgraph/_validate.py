@@ -47,3 +47,42 @@ def flag(name: str, value: object) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
+
+
+# --- memory ----------------------------------------------------------------------------------
+MEMORY_LIMIT_BYTES = 8 * 2**30  # what one call may allocate before it is refused up front
+MAX_POSITIONS = 2**31 - 1  # keys and positions are stored as int32 (here and in the kernels)
+
+
+def fmt_bytes(num: float) -> str:
+    """``1536`` → ``"1.5 KiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if num < 1024 or unit == "PiB":
+            return f"{num:.1f} {unit}"
+        num /= 1024
+    raise AssertionError("unreachable")
+
+
+def byte_limit(name: str, value: object) -> int:
+    """A ``max_bytes``-style argument: an int ≥ 1."""
+    return positive_int(name, value)
+
+
+def positions(name: str, value: object) -> int:
+    """A number of positions: an int in 1..2³¹−1 (positions are stored as int32)."""
+    value = positive_int(name, value)
+    if value > MAX_POSITIONS:
+        raise ValueError(
+            f"{name} must be ≤ 2**31 − 1 = {MAX_POSITIONS} (positions are stored as int32), "
+            f"got {name}={value}"
+        )
+    return value
+
+
+def memory(what: str, need: int, max_bytes: int, fix: str = "pass a larger max_bytes") -> None:
+    """Refuse, before allocating anything, a call that would need more than ``max_bytes``."""
+    if need > max_bytes:
+        raise ValueError(
+            f"{what} would need about {fmt_bytes(need)} of memory, above the limit "
+            f"max_bytes={fmt_bytes(max_bytes)}; use a smaller size or {fix}"
+        )

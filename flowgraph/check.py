@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from flowgraph import _validate
 from flowgraph.flow import Flow, flow_summary
 from flowgraph.pattern import Pattern
-from flowgraph.reach import reach_summary
+from flowgraph.reach import reach_bytes, reach_summary
 
 __all__ = ["Report", "check"]
 
@@ -108,13 +109,16 @@ class Report:
         return "\n".join(lines)
 
 
-def check(pattern: Pattern, flow: bool = False) -> Report:
+def check(
+    pattern: Pattern, flow: bool = False, *, max_bytes: int = _validate.MEMORY_LIMIT_BYTES
+) -> Report:
     """Check a pattern (or a stack of layers): full information, edges, degrees, causality, flow.
 
     Parameters
     ----------
     pattern : the Pattern to check; a :func:`flowgraph.stack` result is a Pattern too.
     flow : also compute the flow constraint (one max-flow per query: slower, see the docs).
+    max_bytes : refuse up front a pattern whose reachability bitsets (2·n²/8 bytes) need more.
 
     Returns
     -------
@@ -122,7 +126,8 @@ def check(pattern: Pattern, flow: bool = False) -> Report:
 
     Raises
     ------
-    TypeError : ``pattern`` is not a Pattern.
+    TypeError : ``pattern`` is not a Pattern, or ``flow`` not a bool.
+    ValueError : the check would need more than ``max_bytes`` of memory.
 
     Examples
     --------
@@ -135,7 +140,10 @@ def check(pattern: Pattern, flow: bool = False) -> Report:
     """
     if not isinstance(pattern, Pattern):
         raise TypeError(f"pattern must be a flowgraph.Pattern, got {type(pattern).__name__}")
+    flow = _validate.flag("flow", flow)
+    max_bytes = _validate.byte_limit("max_bytes", max_bytes)
     n = pattern.n
+    _validate.memory(f"check(pattern) at n={n}", reach_bytes(n), max_bytes)
     reach = reach_summary(pattern)
     degrees = [np.diff(m.indptr) for m in pattern.steps]
     edges = pattern.edges()

@@ -21,12 +21,7 @@ __all__ = ["DENSE_LIMIT_BYTES", "Pattern"]
 DENSE_LIMIT_BYTES = 256 * 2**20  # refuse a dense n×n copy above this unless asked for
 
 
-def _fmt_bytes(num: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if num < 1024 or unit == "TiB":
-            return f"{num:.1f} {unit}"
-        num /= 1024
-    raise AssertionError("unreachable")
+_fmt_bytes = _validate.fmt_bytes
 
 
 def as_step(mask: Any, n: int | None, argname: str) -> sp.csr_array:
@@ -74,6 +69,16 @@ def freeze(csr: sp.csr_array) -> sp.csr_array:
     return csr
 
 
+def _int_array(values: Any, field: str) -> np.ndarray:
+    """A 1-D int64 array from JSON numbers; 0.5 or True is refused, never truncated."""
+    arr = np.asarray(values)
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if arr.ndim != 1 or arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{field} must be a list of integers, got dtype {arr.dtype}")
+    return arr.astype(np.int64)
+
+
 class Pattern:
     """An immutable sparse attention pattern: ``num_steps`` boolean n×n masks applied in order.
 
@@ -104,8 +109,12 @@ class Pattern:
         if not isinstance(name, str) or not name:
             raise TypeError(f"name must be a non-empty str, got {name!r}")
         n = _validate.positive_int("n", n)
+        if isinstance(steps, (str, bytes)) or not isinstance(steps, (Sequence, np.ndarray)):
+            raise TypeError(f"steps must be a sequence of masks, got {type(steps).__name__}")
         if len(steps) == 0:
             raise ValueError("steps must hold at least one mask, got an empty sequence")
+        if params is not None and not isinstance(params, Mapping):
+            raise TypeError(f"params must be a mapping or None, got {type(params).__name__}")
         self._name = name
         self._n = n
         self._causal = _validate.flag("causal", causal)
@@ -146,6 +155,7 @@ class Pattern:
     def dense(self, step: int = 0, *, max_bytes: int = DENSE_LIMIT_BYTES) -> np.ndarray:
         """Step ``step`` as a dense (n, n) bool array; refuses above ``max_bytes`` of memory."""
         step = self._step_index(step)
+        max_bytes = _validate.byte_limit("max_bytes", max_bytes)
         need = self._n * self._n
         if need > max_bytes:
             raise MemoryError(
@@ -202,13 +212,20 @@ class Pattern:
         if missing:
             raise ValueError(f"pattern data lacks {missing}; expected Pattern.to_dict() output")
         n = _validate.positive_int("n", data["n"])
+        raw_steps = data["steps"]
+        if not isinstance(raw_steps, Sequence) or isinstance(raw_steps, (str, bytes)):
+            raise TypeError(
+                f"pattern data steps must be a list of CSR steps, got {type(raw_steps).__name__}"
+            )
         steps = []
-        for i, step in enumerate(data["steps"]):
+        for i, step in enumerate(raw_steps):
             try:
-                indptr = np.asarray(step["indptr"], dtype=np.int64)
-                indices = np.asarray(step["indices"], dtype=np.int64)
+                indptr = _int_array(step["indptr"], "indptr")
+                indices = _int_array(step["indices"], "indices")
                 if indptr.shape != (n + 1,) or indptr[0] != 0 or indptr[-1] != indices.size:
                     raise ValueError(f"indptr must have n+1={n + 1} entries from 0 to nnz")
+                if np.any(np.diff(indptr) < 0):
+                    raise ValueError("indptr must be non-decreasing")
                 if indices.size and (indices.min() < 0 or indices.max() >= n):
                     raise ValueError(f"indices must lie in 0..{n - 1}")
                 csr = sp.csr_array((np.ones(indices.size, np.bool_), indices, indptr), shape=(n, n))

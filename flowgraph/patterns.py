@@ -19,6 +19,11 @@ import scipy.sparse as sp
 from flowgraph import _validate
 from flowgraph.pattern import Pattern
 
+MEMORY_LIMIT_BYTES = _validate.MEMORY_LIMIT_BYTES
+# Peak bytes per entry while a constructor builds its steps (int64 index temporaries), measured
+# with tracemalloc at n = 4096..65536: 23–32. A kept step costs 5–9.
+BUILD_BYTES_PER_ENTRY = 32
+
 __all__ = [
     "dense",
     "fixed",
@@ -65,26 +70,101 @@ def _interval(n: int, lo: np.ndarray, hi: np.ndarray) -> sp.csr_array:
     return _runs(n, lo, hi - lo + 1)
 
 
+# --- entry counts, before anything is built ----------------------------------------------------
+# Closed forms (Python ints, no arrays), so that a size too large to build is refused at once;
+# tests/test_bad_input.py checks each against the built pattern's edges.
+def _sum_min(n: int, a: int) -> int:
+    """Σ_{q<n} min(q, a)."""
+    if n <= a + 1:
+        return n * (n - 1) // 2
+    return a * (a + 1) // 2 + (n - a - 1) * a
+
+
+def _sum_mod(n: int, l: int) -> int:  # noqa: E741
+    """Σ_{q<n} (q mod l)."""
+    m, t = divmod(n, l)
+    return m * l * (l - 1) // 2 + t * (t - 1) // 2
+
+
+def _sum_div(n: int, l: int) -> int:  # noqa: E741
+    """Σ_{q<n} ⌊q/l⌋."""
+    m, t = divmod(n, l)
+    return l * m * (m - 1) // 2 + m * t
+
+
+def _count_residue(n: int, l: int, r: int) -> int:  # noqa: E741
+    """#{k < n : k mod l = r}."""
+    return max(0, (n - r + l - 1) // l)
+
+
+def _band(n: int, width: int) -> int:
+    """#{(q, k) : |q − k| ≤ width} in an n×n grid."""
+    far = max(0, n - width - 1)
+    return n * n - far * (far + 1)
+
+
+def _fixed_columns(n: int, l: int, c: int, causal: bool) -> int:  # noqa: E741
+    """Entries of the fixed pattern's summary step: keys k with k mod l ≥ l − c (and k ≤ q when
+    causal, where key k is attended by the n − k queries q ≥ k)."""
+    m, t = divmod(n, l)
+    total = 0
+    # residues r in [a, b) share the number of keys: m + 1 below t, m from t on
+    for a, b, count in ((l - c, max(l - c, t), m + 1), (max(l - c, t), l, m)):
+        if b <= a or count == 0:
+            continue
+        if not causal:
+            total += (b - a) * count * n
+            continue
+        sum_r = (a + b - 1) * (b - a) // 2
+        total += count * (n * (b - a) - sum_r) - (b - a) * l * count * (count - 1) // 2
+    return total
+
+
+def _check_build(what: str, n: int, entries: int, max_bytes: object) -> None:
+    """Refuse a pattern too large to build (its memory, then int32 positions)."""
+    max_bytes = _validate.byte_limit("max_bytes", max_bytes)
+    need = entries * BUILD_BYTES_PER_ENTRY
+    _validate.memory(f"{what} with {entries:,} entries", need, max_bytes)
+    _validate.positions("n", n)
+
+
 # --- constructors ------------------------------------------------------------------------------
-def dense(n: int, causal: bool = True) -> Pattern:
-    """Full attention in one step: k ≤ q when causal, every pair otherwise."""
+def dense(n: int, causal: bool = True, *, max_bytes: int = MEMORY_LIMIT_BYTES) -> Pattern:
+    """Full attention in one step: k ≤ q when causal, every pair otherwise.
+
+    Every constructor refuses, with a ValueError and before allocating, a pattern that would need
+    more than ``max_bytes`` to build (about 32 bytes an entry).
+    """
     n = _validate.positive_int("n", n)
+    causal = _validate.flag("causal", causal)
+    _check_build(f"dense(n={n})", n, n * (n + 1) // 2 if causal else n * n, max_bytes)
     q = np.arange(n)
-    hi = q if _validate.flag("causal", causal) else np.full(n, n - 1)
+    hi = q if causal else np.full(n, n - 1)
     return Pattern("dense", n, causal, [_interval(n, np.zeros(n, np.int64), hi)])
 
 
-def local(n: int, window: int, causal: bool = True) -> Pattern:
+def local(
+    n: int, window: int, causal: bool = True, *, max_bytes: int = MEMORY_LIMIT_BYTES
+) -> Pattern:
     """A sliding window in one step: causal q−window < k ≤ q, else |q−k| < window."""
     n = _validate.positive_int("n", n)
     window = _validate.int_in_range("window", window, 1, n, f"1 ≤ window ≤ n, n={n}")
+    causal = _validate.flag("causal", causal)
+    entries = _sum_min(n, window - 1) + n if causal else _band(n, window - 1)
+    _check_build(f"local(n={n}, window={window})", n, entries, max_bytes)
     q = np.arange(n)
     lo = np.maximum(0, q - window + 1)
-    hi = q if _validate.flag("causal", causal) else np.minimum(n - 1, q + window - 1)
+    hi = q if causal else np.minimum(n - 1, q + window - 1)
     return Pattern("local", n, causal, [_interval(n, lo, hi)], {"window": window})
 
 
-def strided(n: int, stride: int | None = None, causal: bool = True) -> Pattern:
+def strided(
+    n: int,
+    stride: int | None = None,
+    causal: bool = True,
+    *,
+    max_bytes: int = MEMORY_LIMIT_BYTES,
+) -> Pattern:
     """OpenAI's strided pattern (Child et al. 2019, §4.3), l = stride.
 
     Causal: step 1 max(0, q−l) ≤ k ≤ q; step 2 (q−k) mod l = 0 and k ≤ q.
@@ -92,8 +172,15 @@ def strided(n: int, stride: int | None = None, causal: bool = True) -> Pattern:
     """
     n = _validate.positive_int("n", n)
     l = _validate.stride_for(n, stride)  # noqa: E741  # the paper's name for the stride
+    causal = _validate.flag("causal", causal)
+    if causal:
+        entries = _sum_min(n, l) + n + _sum_div(n, l) + n
+    else:
+        m, t = divmod(n, l)
+        entries = _band(n, l) + t * (m + 1) ** 2 + (l - t) * m**2
+    _check_build(f"strided(n={n}, stride={l})", n, entries, max_bytes)
     q = np.arange(n)
-    if _validate.flag("causal", causal):
+    if causal:
         step1 = _interval(n, np.maximum(0, q - l), q)
         step2 = _runs(n, q % l, q // l + 1, step=l)
     else:
@@ -102,7 +189,14 @@ def strided(n: int, stride: int | None = None, causal: bool = True) -> Pattern:
     return Pattern("strided", n, causal, [step1, step2], {"stride": l})
 
 
-def fixed(n: int, stride: int | None = None, summary: int = 1, causal: bool = True) -> Pattern:
+def fixed(
+    n: int,
+    stride: int | None = None,
+    summary: int = 1,
+    causal: bool = True,
+    *,
+    max_bytes: int = MEMORY_LIMIT_BYTES,
+) -> Pattern:
     """OpenAI's fixed pattern, l = stride, c = summary.
 
     Step 1 ⌊k/l⌋ = ⌊q/l⌋; step 2 k mod l ≥ l−c; both also k ≤ q when causal.
@@ -111,6 +205,10 @@ def fixed(n: int, stride: int | None = None, summary: int = 1, causal: bool = Tr
     l = _validate.stride_for(n, stride)  # noqa: E741
     c = _validate.int_in_range("summary", summary, 1, l, f"1 ≤ summary ≤ stride, stride={l}")
     causal = _validate.flag("causal", causal)
+    m, t = divmod(n, l)
+    step1 = n + _sum_mod(n, l) if causal else m * l * l + t * t
+    entries = step1 + _fixed_columns(n, l, c, causal)
+    _check_build(f"fixed(n={n}, stride={l}, summary={c})", n, entries, max_bytes)
     q = np.arange(n)
     lo = (q // l) * l
     hi = q if causal else np.minimum(n - 1, lo + l - 1)
@@ -119,39 +217,44 @@ def fixed(n: int, stride: int | None = None, summary: int = 1, causal: bool = Tr
     return Pattern("fixed", n, causal, [_interval(n, lo, hi), step2], {"stride": l, "summary": c})
 
 
-def ltr(n: int, stride: int | None = None) -> Pattern:
+def ltr(n: int, stride: int | None = None, *, max_bytes: int = MEMORY_LIMIT_BYTES) -> Pattern:
     """Daras et al.'s left-to-right full-information pattern (bidirectional), l = stride.
 
     Step 1 q − (q mod l) ≤ k ≤ q; step 2 k = q or k mod l = l−1.
     """
     n = _validate.positive_int("n", n)
     l = _validate.stride_for(n, stride)  # noqa: E741
+    cols = _count_residue(n, l, l - 1)
+    _check_build(f"ltr(n={n}, stride={l})", n, 2 * n + _sum_mod(n, l) + cols * (n - 1), max_bytes)
     q = np.arange(n)
     step1 = _interval(n, q - q % l, q)
     step2 = _diagonal(n) + _columns(n, np.flatnonzero(q % l == l - 1), causal=False)
     return Pattern("ltr", n, False, [step1, step2], {"stride": l})
 
 
-def rtl(n: int, stride: int | None = None) -> Pattern:
+def rtl(n: int, stride: int | None = None, *, max_bytes: int = MEMORY_LIMIT_BYTES) -> Pattern:
     """Daras et al.'s right-to-left full-information pattern (bidirectional), l = stride.
 
     Step 1 q ≤ k < min(n, (⌊q/l⌋+1)·l); step 2 k = q or k mod l = 0.
     """
     n = _validate.positive_int("n", n)
     l = _validate.stride_for(n, stride)  # noqa: E741
+    cols = _count_residue(n, l, 0)
+    _check_build(f"rtl(n={n}, stride={l})", n, 2 * n + _sum_mod(n, l) + cols * (n - 1), max_bytes)
     q = np.arange(n)
     step1 = _interval(n, q, np.minimum(n, (q // l + 1) * l) - 1)
     step2 = _diagonal(n) + _columns(n, np.flatnonzero(q % l == 0), causal=False)
     return Pattern("rtl", n, False, [step1, step2], {"stride": l})
 
 
-def star(n: int, hub: int = 0) -> Pattern:
+def star(n: int, hub: int = 0, *, max_bytes: int = MEMORY_LIMIT_BYTES) -> Pattern:
     """Every position attends the hub and itself, the hub attends all; two identical steps.
 
     Full information with O(n) edges, through a single bottleneck token (see ``check(flow=True)``).
     """
     n = _validate.positive_int("n", n)
     hub = _validate.int_in_range("hub", hub, 0, n - 1, f"a position of the pattern, n={n}")
+    _check_build(f"star(n={n})", n, 2 * (3 * n - 2 if n > 1 else 1), max_bytes)
     q = np.arange(n)
     spokes = _runs(n, np.full(n, hub), np.ones(n, np.int64))
     hub_row = _runs(n, np.zeros(n, np.int64), np.where(q == hub, n, 0))
@@ -159,7 +262,19 @@ def star(n: int, hub: int = 0) -> Pattern:
     return Pattern("star", n, False, [mask, mask], {"hub": hub})
 
 
-def from_masks(masks: Any, causal: bool, name: str = "custom") -> Pattern:
+def _as_mask(mask: Any, i: int) -> Any:
+    """One user mask as a scipy sparse matrix or an ndarray (a ragged nested list is refused)."""
+    if sp.issparse(mask):
+        return mask
+    try:
+        return np.asarray(mask)
+    except ValueError as exc:  # numpy: "setting an array element with a sequence..."
+        raise ValueError(f"masks[{i}] is not a rectangular array: {exc}") from None
+
+
+def from_masks(
+    masks: Any, causal: bool, name: str = "custom", *, max_bytes: int = MEMORY_LIMIT_BYTES
+) -> Pattern:
     """A pattern from user masks: one (n, n) mask, an (steps, n, n) array, or a sequence of masks.
 
     Each mask is a dense bool array or a scipy sparse bool matrix; all must share n. A causal
@@ -188,7 +303,7 @@ def from_masks(masks: Any, causal: bool, name: str = "custom") -> Pattern:
         raise ValueError("masks must hold at least one mask, got an empty sequence")
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty str, got {name!r}")
-    steps = [m if sp.issparse(m) else np.asarray(m) for m in steps]
+    steps = [_as_mask(m, i) for i, m in enumerate(steps)]
     for i, m in enumerate(steps):  # named here as masks[i], the caller's argument
         if m.dtype != np.bool_:
             raise TypeError(
@@ -206,6 +321,8 @@ def from_masks(masks: Any, causal: bool, name: str = "custom") -> Pattern:
             )
     if shapes[0][0] == 0:
         raise ValueError("masks must have n ≥ 1, got n=0")
+    entries = sum(int(m.nnz) if sp.issparse(m) else int(np.count_nonzero(m)) for m in steps)
+    _check_build(f"from_masks(n={shapes[0][0]})", shapes[0][0], entries, max_bytes)
     return Pattern(name, shapes[0][0], causal, steps)
 
 
@@ -215,6 +332,8 @@ def from_block_layout(
     causal: bool,
     name: str = "block",
     n: int | None = None,
+    *,
+    max_bytes: int = MEMORY_LIMIT_BYTES,
 ) -> Pattern:
     """A pattern from a DeepSpeed-style block layout: (steps, nb, nb) or (nb, nb) bool.
 
@@ -222,7 +341,7 @@ def from_block_layout(
     nb·block and may be smaller (the last block is then partial). When causal, diagonal blocks are
     cut to k ≤ q; blocks above the diagonal are kept as given, so ``check`` reports them.
     """
-    layout_snn = np.asarray(layout)
+    layout_snn = layout.toarray() if sp.issparse(layout) else np.asarray(layout)  # nb × nb: small
     if layout_snn.dtype != np.bool_:
         raise TypeError(f"layout must be boolean, got dtype {layout_snn.dtype}")
     if layout_snn.ndim == 2:
@@ -236,6 +355,8 @@ def from_block_layout(
     nb = layout_snn.shape[1]
     if nb == 0:
         raise ValueError("layout must have nb ≥ 1 blocks, got nb=0")
+    if layout_snn.shape[0] == 0:
+        raise ValueError(f"layout must hold at least one step, got shape {np.shape(layout)}")
     full = nb * block
     n = (
         full
@@ -244,6 +365,9 @@ def from_block_layout(
             "n", n, full - block + 1, full, f"the layout covers {nb} blocks of {block}"
         )
     )
+    # every on block becomes block² entries before the cut to n and to k ≤ q
+    entries = int(np.count_nonzero(layout_snn)) * block * block
+    _check_build(f"from_block_layout(nb={nb}, block={block})", full, entries, max_bytes)
     steps = []
     for layout_nn in layout_snn:
         m = sp.kron(sp.csr_array(layout_nn), sp.csr_array(np.ones((block, block), np.bool_)))

@@ -796,8 +796,9 @@ def write_png(
     for name, value in (("width", width), ("height", height)):
         if value is not None:
             _validate.positive_int(name, value)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-        raise ValueError(f"scale must be a number > 0, got scale={scale!r}")
+    bad_type = isinstance(scale, bool) or not isinstance(scale, (int, float))
+    if bad_type or not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"scale must be a number > 0 and finite, got scale={scale!r}")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
     os.close(fd)
     try:

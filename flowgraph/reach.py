@@ -20,9 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from flowgraph import _validate
 from flowgraph.pattern import Pattern
 
-__all__ = ["Reach", "pack_rows", "reachability", "unpack_rows"]
+__all__ = ["Reach", "pack_rows", "reach_bytes", "reachability", "unpack_rows"]
 
 _WORD = 64
 _GATHER_ROWS = 256  # rows gathered at once in the fallback OR: bounds its temporary memory
@@ -31,6 +32,13 @@ _PACK_ROWS = 1024  # rows densified at once when packing a mask
 
 def words_for(n: int) -> int:
     return -(-n // _WORD)
+
+
+def reach_bytes(n: int) -> int:
+    """Peak memory of the packed engine at n: two n×n bit matrices, a densified block of rows
+    while packing, and a few chunks of target rows."""
+    row = words_for(n) * 8
+    return 2 * n * row + _PACK_ROWS * n + 4 * 4096 * row
 
 
 def pack_rows(dense_rn: np.ndarray) -> np.ndarray:
@@ -163,12 +171,23 @@ def reach_summary(pattern: Pattern) -> Reach:
     return Reach(target, tuple(reached), witness)
 
 
-def reachability(pattern: Pattern, *, max_n: int = 4096) -> list[np.ndarray]:
+def reachability(
+    pattern: Pattern, *, max_n: int = 4096, max_bytes: int = _validate.MEMORY_LIMIT_BYTES
+) -> list[np.ndarray]:
     """Dense R_s for s = 1..num_steps: ``R[q, k]`` is True iff k's information reached q.
 
     Meant for pictures and small patterns; refuses n > max_n (the packed engine behind
-    :func:`flowgraph.check` has no such limit).
+    :func:`flowgraph.check` has no such limit) and, since it returns num_steps arrays of n² bools,
+    more than ``max_bytes`` in all.
     """
+    if not isinstance(pattern, Pattern):
+        raise TypeError(f"pattern must be a flowgraph.Pattern, got {type(pattern).__name__}")
+    max_n = _validate.positive_int("max_n", max_n)
+    max_bytes = _validate.byte_limit("max_bytes", max_bytes)
+    need = pattern.num_steps * pattern.n**2 + reach_bytes(pattern.n)
+    _validate.memory(
+        f"reachability() of {pattern.num_steps} steps at n={pattern.n}", need, max_bytes
+    )
     if pattern.n > max_n:
         raise ValueError(
             f"reachability() builds dense n×n arrays; n={pattern.n} is above max_n={max_n}. "

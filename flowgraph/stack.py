@@ -17,12 +17,22 @@ from flowgraph.pattern import Pattern
 __all__ = ["stack"]
 
 
+BYTES_PER_ENTRY = 32  # each layer's step is a copy: the kept CSR and its build temporaries
+
+
 def stack(
-    pattern: Pattern, layers: int, mode: str = "interleave", heads: int | None = None
+    pattern: Pattern,
+    layers: int,
+    mode: str = "interleave",
+    heads: int | None = None,
+    *,
+    max_bytes: int = _validate.MEMORY_LIMIT_BYTES,
 ) -> Pattern:
     """Lay ``pattern`` over ``layers`` layers in ``mode``; returns a Pattern with ``layers`` steps.
 
-    ``heads`` is used by ``mode="heads"`` only (default: one head per step).
+    ``heads`` is used by ``mode="heads"`` only (default: one head per step). Every layer holds
+    its own copy of its step: a stack needing more than ``max_bytes`` is refused (ValueError)
+    before any is made.
 
     Examples
     --------
@@ -35,20 +45,34 @@ def stack(
         raise TypeError(f"pattern must be a flowgraph.Pattern, got {type(pattern).__name__}")
     layers = _validate.positive_int("layers", layers)
     mode = _validate.mode(mode)
+    max_bytes = _validate.byte_limit("max_bytes", max_bytes)
     p = pattern.num_steps
     if heads is not None and mode != "heads":
         raise ValueError(
             f"heads is only used with mode='heads', got heads={heads} with mode={mode!r}"
         )
+    if mode == "heads":
+        heads = p if heads is None else _validate.positive_int("heads", heads)
+    # entries of the stacked steps (a union holds at most the sum of the steps it joins)
+    edges = pattern.edges()
+    if mode == "interleave":
+        full, rest = divmod(layers, p)
+        entries = sum(edges) * full + sum(edges[:rest])
+    else:
+        used = p if mode == "merged" else min(heads, p)
+        entries = sum(edges[:used]) * layers
+    _validate.memory(
+        f"stack(layers={layers}, mode={mode!r}) of {entries:,} entries",
+        entries * BYTES_PER_ENTRY,
+        max_bytes,
+    )
     if mode == "interleave":
         steps = [pattern.steps[i % p] for i in range(layers)]
     elif mode == "merged":
         steps = [pattern.merged().steps[0]] * layers
     else:
-        heads = p if heads is None else _validate.positive_int("heads", heads)
-        union = Pattern(
-            "heads", pattern.n, pattern.causal, [pattern.steps[h % p] for h in range(heads)]
-        )
+        # head h uses step h mod p: the union is that of the first min(heads, p) steps
+        union = Pattern("heads", pattern.n, pattern.causal, pattern.steps[: min(heads, p)])
         steps = [union.merged().steps[0]] * layers
     params = {**pattern.params, "base": pattern.name, "layers": layers, "mode": mode}
     if mode == "heads":

@@ -20,6 +20,7 @@ On a CUDA tensor with CuPy installed the kernels run (``gpu/_sparse_cuda.py``,
 from __future__ import annotations
 
 import torch
+
 from flowgraph.gpu.backend import backend_for
 from flowgraph.gpu.mask import SparseMask
 from flowgraph.gpu.metric import (

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from flowgraph.gpu.kernels import KERNELS, NAME_EXPRESSIONS
 from flowgraph.gpu.kernels import source as _read_source
 

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from flowgraph.gpu._cupy import MAX_GRID_YZ
 from flowgraph.gpu._launch_common import KERNEL_SUFFIX, aligned16, new_output
 from flowgraph.gpu.kernels import (

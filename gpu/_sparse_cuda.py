@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from flowgraph.gpu import _cupy
 from flowgraph.gpu._launch_common import KERNEL_SUFFIX, aligned16, new_output
 from flowgraph.gpu.kernels import (

@@ -25,12 +25,18 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from flowgraph import Pattern
+from flowgraph import Pattern, _validate
 
 __all__ = ["BLOCKS", "Density", "SparseMask", "strided_permutation"]
 
 BLOCKS = (16, 32, 64, 128)  # the kernels' tile sizes: multiples of the 16×16 tensor-core tile
 DENSE_LIMIT_BYTES = 256 * 2**20  # to_dense refuses a larger bool array unless asked for
+MEMORY_LIMIT_BYTES = _validate.MEMORY_LIMIT_BYTES  # a larger build is refused up front
+# Peak bytes of a head's build per allowed (q, k) pair (int64 index temporaries), measured with
+# tracemalloc on strided, fixed, local and dense patterns: 50–115.
+BUILD_BYTES_PER_ENTRY = 120
+_TILE_BYTES = 48  # per tile of each head while the heads are concatenated (int64, then int32)
+_WORD_BYTES = 16  # per bitmask word: the float64 bincount and its uint32 copy
 _MODES = ("merged", "heads")  # "interleave" is per layer: one mask per layer with step=i % p
 
 
@@ -51,10 +57,19 @@ def _block(block: object) -> int:
     return block
 
 
+def _no_meta(t: torch.Tensor, argname: str) -> None:
+    if t.device.type == "meta":
+        raise ValueError(
+            f"{argname} is on the meta device, which holds no values; a mask is built from its "
+            "values: pass a CPU or CUDA tensor"
+        )
+
+
 def _as_numpy_bool(masks: Any, argname: str) -> np.ndarray:
     if isinstance(masks, torch.Tensor):
         if masks.dtype != torch.bool:
             raise TypeError(f"{argname} must be a boolean tensor, got dtype {masks.dtype}")
+        _no_meta(masks, argname)
         return masks.detach().cpu().numpy()
     arr = np.asarray(masks)
     if arr.dtype != np.bool_:
@@ -69,6 +84,7 @@ def _permutations(permute: Any, heads: int, n: int) -> tuple[np.ndarray, bool]:
     """An explicit ``permute`` as (heads, n) int64 (a (n,) array for every head, or one per
     head) and whether every head shares it."""
     if isinstance(permute, torch.Tensor):
+        _no_meta(permute, "permute")
         permute = permute.detach().cpu().numpy()
     perm = np.asarray(permute)
     if perm.dtype == np.bool_ or not np.issubdtype(perm.dtype, np.integer):
@@ -76,23 +92,22 @@ def _permutations(permute: Any, heads: int, n: int) -> tuple[np.ndarray, bool]:
             f'permute must be None, "auto" or an integer array of positions, got dtype {perm.dtype}'
         )
     shared = perm.shape == (n,)
-    if shared:
-        perm = np.broadcast_to(perm, (heads, n))
-    elif perm.shape != (heads, n):
+    if not shared and perm.shape != (heads, n):
         raise ValueError(
             f"permute must have shape (n,)=({n},) or (heads, n)=({heads}, {n}), "
             f"got shape {perm.shape}"
         )
-    perm = perm.astype(np.int64)
-    ok = (perm.min(initial=0) >= 0) & (perm.max(initial=0) < n)
+    rows = perm.reshape(-1, n).astype(np.int64)  # a shared permutation is checked once
+    ok = (rows.min(initial=0) >= 0) & (rows.max(initial=0) < n)
     if ok:
-        seen = np.zeros((heads, n), dtype=np.int64)
-        np.add.at(seen, (np.arange(heads)[:, None], perm), 1)
+        seen = np.zeros(rows.shape, dtype=np.int64)
+        np.add.at(seen, (np.arange(rows.shape[0])[:, None], rows), 1)
         ok = bool((seen == 1).all())
     if not ok:
         raise ValueError(
             f"permute must be a permutation of 0..{n - 1} (each position exactly once) per head"
         )
+    perm = np.broadcast_to(rows[0], (heads, n)) if shared else rows
     return perm, shared
 
 
@@ -113,6 +128,7 @@ def strided_permutation(n: int, stride: int) -> np.ndarray:
     stride = _int("stride", stride)
     if n < 1 or not 1 <= stride <= n:
         raise ValueError(f"need n ≥ 1 and 1 ≤ stride ≤ n, got n={n}, stride={stride}")
+    _validate.positions("n", n)
     t = np.arange(n, dtype=np.int64)
     return np.argsort(t % stride, kind="stable")
 
@@ -162,7 +178,9 @@ def _csr(major: np.ndarray, nb: int) -> np.ndarray:
     return indptr
 
 
-def _build_head(q: np.ndarray, k: np.ndarray, n: int, block: int, perm: np.ndarray | None) -> _Head:
+def _build_head(
+    q: np.ndarray, k: np.ndarray, n: int, block: int, perm: np.ndarray | None, max_bytes: int
+) -> _Head:
     """Tiles of one head from its allowed entries (q, k) in token order (distinct pairs)."""
     nb = -(-n // block)
     words = -(-block // 32)
@@ -177,6 +195,11 @@ def _build_head(q: np.ndarray, k: np.ndarray, n: int, block: int, perm: np.ndarr
     partial = counts < block * block  # a tile past n never fills, so it is partial
     slots = np.where(partial, np.cumsum(partial) - 1, -1)
     n_partial = int(partial.sum())
+    _validate.memory(
+        f"the bitmasks of {n_partial:,} partial {block}×{block} tiles",
+        n_partial * block * words * _WORD_BYTES,
+        max_bytes,
+    )
 
     entry_slot = slots[rank]
     on = entry_slot >= 0
@@ -207,13 +230,13 @@ def _entries(step: sp.csr_array) -> tuple[np.ndarray, np.ndarray]:
     return q, step.indices.astype(np.int64)
 
 
-def _auto_head(step: sp.csr_array, n: int, block: int, stride: int | None) -> _Head:
+def _auto_head(step: sp.csr_array, n: int, block: int, stride: int | None, max_bytes: int) -> _Head:
     """The head with the strided transpose when that lowers its block count, else without."""
     q, k = _entries(step)
-    plain = _build_head(q, k, n, block, None)
+    plain = _build_head(q, k, n, block, None, max_bytes)
     if stride is None or not 1 < stride < n:
         return plain
-    moved = _build_head(q, k, n, block, strided_permutation(n, stride))
+    moved = _build_head(q, k, n, block, strided_permutation(n, stride), max_bytes)
     return moved if moved.kv_indices.size < plain.kv_indices.size else plain
 
 
@@ -323,6 +346,7 @@ class SparseMask:
         heads: int | None = None,
         mode: str | None = None,
         permute: Any = None,
+        max_bytes: int = MEMORY_LIMIT_BYTES,
     ) -> SparseMask:
         """A mask from a :class:`flowgraph.Pattern`.
 
@@ -338,6 +362,7 @@ class SparseMask:
         permute : None (natural order), ``"auto"`` (per head, the strided transpose with the
             pattern's ``stride`` when it lowers the block count), or explicit positions,
             shape (n,) or (heads, n): see the class fields.
+        max_bytes : a build that would need more memory is refused (ValueError) up front.
 
         Raises
         ------
@@ -360,44 +385,59 @@ class SparseMask:
             raise ValueError(
                 f"step is only used without a mode, got step={step} with mode={mode!r}"
             )
+        max_bytes = _validate.byte_limit("max_bytes", max_bytes)
         p = pattern.num_steps
         if mode == "heads":
             heads = p if heads is None else _int("heads", heads)
             if heads < 1:
                 raise ValueError(f"heads must be ≥ 1, got heads={heads}")
-            steps = [pattern.steps[h % p] for h in range(heads)]
-            keys = [h % p for h in range(heads)]
+            distinct = [pattern.steps[key] for key in range(min(heads, p))]  # head h: h mod p
         elif mode == "merged":
-            steps, keys = [pattern.merged().steps[0]], [0]
+            heads, distinct = 1, [pattern.merged().steps[0]]
         else:
             step = 0 if step is None else _int("step", step)
             if not 0 <= step < p:
                 raise ValueError(
                     f"step must be in 0..{p - 1} (the pattern has {p} steps), got step={step}"
                 )
-            steps, keys = [pattern.steps[step]], [0]
+            heads, distinct = 1, [pattern.steps[step]]
         n = pattern.n
-        built: dict[Any, _Head] = {}  # heads that share a step share its tiles
-        if isinstance(permute, str) and permute == "auto":
+        if isinstance(permute, str) and permute != "auto":
+            raise ValueError(f'permute must be None, "auto" or an array, got permute={permute!r}')
+        auto = isinstance(permute, str)  # "auto", the only string allowed
+        explicit = permute is not None and not auto
+        perms, shared = _permutations(permute, heads, n) if explicit else (None, True)
+        if not shared:  # one permutation per head: every head builds its own tiles
+            distinct = [
+                pattern.steps[h % p] if mode == "heads" else distinct[0] for h in range(heads)
+            ]
+        entries = sum(int(s.nnz) for s in distinct)
+        _validate.memory(
+            f"SparseMask.from_pattern(n={n}, block={block}) with {entries:,} allowed pairs",
+            entries * BUILD_BYTES_PER_ENTRY * (2 if auto else 1),
+            max_bytes,
+        )
+        if auto:
             stride = pattern.params.get("stride")
             stride = stride if isinstance(stride, numbers.Integral) else None
-            for key, s in zip(keys, steps, strict=True):
-                if key not in built:
-                    built[key] = _auto_head(s, n, block, stride)
-            return cls._from_heads([built[key] for key in keys], n, block)
-        if isinstance(permute, str):
-            raise ValueError(f'permute must be None, "auto" or an array, got permute={permute!r}')
-        perms, shared = (None, True) if permute is None else _permutations(permute, len(steps), n)
-        if not shared:
-            keys = list(range(len(steps)))  # one permutation per head: nothing shared
-        for h, (key, s) in enumerate(zip(keys, steps, strict=True)):
-            if key not in built:
-                q, k = _entries(s)
-                built[key] = _build_head(q, k, n, block, None if perms is None else perms[h])
-        return cls._from_heads([built[key] for key in keys], n, block)
+            built = [_auto_head(s, n, block, stride, max_bytes) for s in distinct]
+        else:
+            built = [
+                _build_head(*_entries(s), n, block, None if perms is None else perms[i], max_bytes)
+                for i, s in enumerate(distinct)
+            ]
+        # head h uses distinct[h mod len(distinct)]: heads that share a step share its tiles
+        return cls._from_heads(built, n, block, heads, max_bytes)
 
     @classmethod
-    def from_masks(cls, masks_hqk: Any, *, block: int = 64, permute: Any = None) -> SparseMask:
+    def from_masks(
+        cls,
+        masks_hqk: Any,
+        *,
+        block: int = 64,
+        permute: Any = None,
+        max_bytes: int = MEMORY_LIMIT_BYTES,
+    ) -> SparseMask:
         """A mask from dense boolean masks of shape (H, n, n): H heads, or 1 for every head.
 
         ``masks_hqk[h, q, k]`` is True iff query q of head h attends key k. Accepts a numpy array
@@ -414,22 +454,45 @@ class SparseMask:
         if heads == 0 or n == 0:
             raise ValueError(f"masks_hqk must have heads ≥ 1 and n ≥ 1, got shape {masks.shape}")
         block = _block(block)
+        max_bytes = _validate.byte_limit("max_bytes", max_bytes)
         if isinstance(permute, str):
             raise ValueError(
                 f"permute must be None or an array of positions for from_masks, got {permute!r} "
                 '(permute="auto" needs a pattern\'s stride: use from_pattern)'
             )
         perms = None if permute is None else _permutations(permute, heads, n)[0]
+        _validate.positions("n", n)
+        entries = int(np.count_nonzero(masks))
+        _validate.memory(
+            f"SparseMask.from_masks(n={n}, block={block}) with {entries:,} allowed pairs",
+            entries * BUILD_BYTES_PER_ENTRY,
+            max_bytes,
+        )
         built = []
         for h in range(heads):
             q, k = np.nonzero(masks[h])
             perm = None if perms is None else perms[h]
-            built.append(_build_head(q.astype(np.int64), k.astype(np.int64), n, block, perm))
-        return cls._from_heads(built, n, block)
+            built.append(
+                _build_head(q.astype(np.int64), k.astype(np.int64), n, block, perm, max_bytes)
+            )
+        return cls._from_heads(built, n, block, heads, max_bytes)
 
     @classmethod
-    def _from_heads(cls, built: list[_Head], n: int, block: int) -> SparseMask:
-        """Concatenate heads: indptrs become global offsets, slots index one shared bits array."""
+    def _from_heads(
+        cls, distinct: list[_Head], n: int, block: int, heads: int, max_bytes: int
+    ) -> SparseMask:
+        """Concatenate ``heads`` heads, head h being ``distinct[h % len(distinct)]``: indptrs
+        become global offsets, slots index one shared bits array."""
+        nb = -(-n // block)
+
+        def head_bytes(hd: _Head) -> int:  # uint32 words: concatenated, cast, made a tensor
+            perm = 24 * n if hd.perm is not None else 0
+            return hd.kv_indices.size * _TILE_BYTES + hd.bits.size * 12 + 24 * (nb + 1) + perm
+
+        full, rest = divmod(heads, len(distinct))
+        need = sum(head_bytes(hd) * (full + (i < rest)) for i, hd in enumerate(distinct))
+        _validate.memory(f"a SparseMask of {heads:,} heads at n={n}", need, max_bytes)
+        built = [distinct[h % len(distinct)] for h in range(heads)]
         nnz = np.array([0] + [hd.kv_indices.size for hd in built], dtype=np.int64).cumsum()
         npart = np.array([0] + [hd.bits.shape[0] for hd in built], dtype=np.int64).cumsum()
         if nnz[-1] >= 2**31 or npart[-1] * block >= 2**31:
@@ -560,6 +623,14 @@ class SparseMask:
 
     def unpacked_bits(self, slots: torch.Tensor | None = None) -> torch.Tensor:
         """The bitmasks of ``slots`` (default: all) as bool (…, block, block) tiles."""
+        if slots is not None and (
+            not isinstance(slots, torch.Tensor)
+            or slots.dtype == torch.bool
+            or slots.is_floating_point()
+            or slots.is_complex()
+        ):
+            what = slots.dtype if isinstance(slots, torch.Tensor) else type(slots).__name__
+            raise TypeError(f"slots must be an integer tensor of slot indices, got {what}")
         words = self.bits_pbw if slots is None else self.bits_pbw[slots.long()]
         shifts = torch.arange(32, device=words.device, dtype=torch.int32)
         bits = (words[..., None] >> shifts) & 1  # arithmetic shift: bit 31 reads right after & 1
@@ -573,6 +644,7 @@ class SparseMask:
         In token order, the permutation undone (default), or in the stored order the tiles
         describe (``stored_order=True``). Refuses above ``max_bytes`` of memory.
         """
+        max_bytes = _validate.byte_limit("max_bytes", max_bytes)
         nb, block, heads = self.num_blocks, self._block, self._heads
         need = heads * (nb * block) ** 2
         if need > max_bytes:

@@ -30,9 +30,17 @@ import numbers
 
 import torch
 import torch.nn.functional as F
+
 from flowgraph.gpu.backend import backend_for
 from flowgraph.gpu.mask import SparseMask
-from flowgraph.gpu.reference import DTYPES, _per_head, _tile_table, sparse_attention_reference
+from flowgraph.gpu.reference import (
+    DTYPES,
+    _per_head,
+    _tile_table,
+    check_finite,
+    softmax_limit,
+    sparse_attention_reference,
+)
 
 __all__ = [
     "check_metric_inputs",
@@ -101,12 +109,21 @@ def pack_symmetric(m_hkk: torch.Tensor, *, atol: float | None = None) -> torch.T
     if not m_hkk.is_floating_point():
         raise TypeError(f"m_hkk must be a floating point tensor, got dtype {m_hkk.dtype}")
     k = m_hkk.shape[-1]
-    if m_hkk.numel():
+    if atol is not None and (
+        isinstance(atol, bool) or not isinstance(atol, numbers.Real) or not 0 <= atol < math.inf
+    ):
+        raise ValueError(f"atol must be None or a finite number ≥ 0, got atol={atol!r}")
+    if m_hkk.numel() and m_hkk.device.type != "meta":  # a meta tensor has no values to check
         detached = m_hkk.detach()
+        bad = int((~torch.isfinite(detached)).sum())
+        if bad:
+            raise ValueError(
+                f"m_hkk must be symmetric with finite entries, got {bad} NaN or inf entries"
+            )
         asym = float((detached - detached.mT).abs().max())
         if atol is None:
             atol = 16 * torch.finfo(m_hkk.dtype).eps * float(detached.abs().max())
-        if not asym <= atol:  # also refuses NaN
+        if not asym <= atol:
             raise ValueError(
                 f"m_hkk must be symmetric, got max|m_hkk − m_hkkᵀ| = {asym:.3g} > atol={atol:.3g}; "
                 "symmetrise it with (m + m.mT) / 2"
@@ -171,8 +188,9 @@ def _blockwise_attention(
         if causal:
             rows = torch.arange(start, stop, device=s.device)[:, None]
             s = s.masked_fill(torch.arange(keys, device=s.device) > rows, -math.inf)
-        # every row has a key (k = q at least), so the softmax is finite
-        outs.append(torch.softmax(s, dim=-1) @ v_bhne[:, :, :keys])
+        # every row has a key (k = q at least), so the softmax is finite once an overflowed
+        # score (+inf) is given its limit
+        outs.append(torch.softmax(softmax_limit(s), dim=-1) @ v_bhne[:, :, :keys])
     return torch.cat(outs, dim=2)
 
 
@@ -215,7 +233,7 @@ def _masked_causal_attention(
         pt = p5[:, :, tile[0]] if heads_m == 1 else p5[:, heads, tile]
         pt = pt.reshape(b, h, width * block, k)  # the keys and the values
         s = (q5[:, :, i] @ pt.transpose(-1, -2)) * scale
-        s = s.masked_fill(~allowed, -math.inf)
+        s = softmax_limit(s.masked_fill(~allowed, -math.inf))
         m = s.amax(-1, keepdim=True).detach()  # the softmax does not depend on m
         m = torch.where(torch.isfinite(m), m, 0.0)  # a query with no key: exp(−inf) = 0
         w = torch.exp(s - m)
@@ -334,6 +352,7 @@ def quadratic_attention_reference(
             )
     causal = _causal_flag(causal)
     scale = _scale(scale, c)
+    check_finite(x_bnc=x_bnc, u_hcc=u_hcc, v_bhnd=v_bhnd)
     work = _work_dtype(x_bnc.dtype)
     x = x_bnc.to(work)
     q = torch.einsum("bnc,hcd->bhnd", x, u_hcc.to(work))  # x·U per head
@@ -396,7 +415,9 @@ def check_metric_inputs(
                 f"expected p_bhnk and mask on one device, got {p_bhnk.device} and "
                 f"{mask.device}; move the mask with mask.to(p_bhnk.device)"
             )
-    return _scale(scale, k)
+    scale = _scale(scale, k)
+    check_finite(p_bhnk=p_bhnk, m_packed_hl=m_packed_hl)
+    return scale
 
 
 def metric_attention(

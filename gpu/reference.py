@@ -7,7 +7,9 @@ computed tiles (O(b·h·tiles·block²)), never (b, h, n, n). It is plain torch,
 differentiates it; half inputs are computed in float32, float64 in float64.
 
 Input checks live here too (:func:`check_inputs`), shared by every backend, and run before any
-work.
+work. NaN or ±inf in q, k or v is refused (a ValueError naming the tensor and an index): there is
+no attention to compute from it. A score that overflows to +inf from finite inputs takes all the
+weight, as the softmax does in the limit, so the output stays finite.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import numbers
 
 import torch
 import torch.nn.functional as F
+
 from flowgraph.gpu.mask import SparseMask
 
-__all__ = ["DTYPES", "check_inputs", "sparse_attention_reference"]
+__all__ = ["DTYPES", "check_finite", "check_inputs", "sparse_attention_reference"]
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -34,6 +37,36 @@ def _check_tensor(name: str, x: object) -> torch.Tensor:
             f"{name} must be float16, bfloat16, float32 or float64, got dtype {x.dtype}"
         )
     return x
+
+
+def check_finite(**tensors: torch.Tensor) -> None:
+    """Refuse NaN or ±inf in any of ``tensors`` (by argument name), naming the first bad index.
+
+    One reduction over them all (on CUDA, one host synchronisation); meta tensors, which hold no
+    values, pass.
+    """
+    real = {name: x for name, x in tensors.items() if x.device.type != "meta" and x.numel()}
+    if not real:
+        return
+    with torch.no_grad():
+        ok = torch.stack([torch.isfinite(x).all() for x in real.values()]).all()
+        if bool(ok):
+            return
+        for name, x in real.items():
+            bad = ~torch.isfinite(x)
+            if bad.any():
+                index = tuple(int(i) for i in bad.nonzero()[0])
+                raise ValueError(
+                    f"{name} must be finite, got {float(x[index])} at index {index} "
+                    f"({int(bad.sum())} NaN or inf values in all)"
+                )
+
+
+def softmax_limit(s: torch.Tensor) -> torch.Tensor:
+    """Scores whose rows hold a +inf (an overflow): the softmax's limit, all the weight on those
+    keys shared equally, instead of inf − inf = NaN. Other rows are returned unchanged."""
+    inf = torch.isposinf(s)
+    return torch.where(inf.any(-1, keepdim=True), torch.where(inf, 0.0, -math.inf), s)
 
 
 def check_inputs(
@@ -75,6 +108,12 @@ def check_inputs(
             f"expected q_bhnd and mask on one device, got {q.device} and {mask.device}; "
             "move the mask with mask.to(q_bhnd.device)"
         )
+    scale = _scale(scale, d)
+    check_finite(q_bhnd=q, k_bhnd=k_bhnd, v_bhnd=v_bhnd)
+    return scale
+
+
+def _scale(scale: object, d: int) -> float:
     if scale is None:
         return 1.0 / math.sqrt(d)
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
@@ -127,13 +166,22 @@ def sparse_attention_reference(
 
     Returns
     -------
-    (b, h, n, d) tensor of the input dtype (and the logsumexp when asked for).
+    (b, h, n, d) tensor of the input dtype (and the logsumexp when asked for). The result does
+    not depend on the inputs' memory layout: non-contiguous q, k, v are computed as their
+    contiguous copies (as the CUDA kernels read them).
     """
     scale = check_inputs(q_bhnd, k_bhnd, v_bhnd, mask, scale)
+    if mask.device.type == "meta":
+        raise ValueError(
+            "the reference walks the mask's tiles, and a mask on the meta device holds none; "
+            "run it on CPU or CUDA tensors"
+        )
     b, h, n, d = q_bhnd.shape
     work = torch.float64 if q_bhnd.dtype == torch.float64 else torch.float32
     block, nb = mask.block, mask.num_blocks
-    q, k, v = (x.to(work) for x in (q_bhnd, k_bhnd, v_bhnd))
+    # Contiguous copies: the tile matmuls then take one BLAS path whatever the inputs' strides,
+    # so a non-contiguous input gives bit for bit the result of its contiguous copy.
+    q, k, v = (x.to(work).contiguous() for x in (q_bhnd, k_bhnd, v_bhnd))
     if mask.perm_hn is not None:
         q, k, v = (_per_head(x, mask.perm_hn) for x in (q, k, v))
     pad = (0, 0, 0, nb * block - n)
@@ -163,12 +211,15 @@ def sparse_attention_reference(
 
         s = (q5[:, :, i] @ kt.transpose(-1, -2)) * scale  # (b, h, block, K·block)
         s = s.masked_fill(~allowed, -math.inf)
+        overflow = torch.isposinf(s).any(-1)  # its logsumexp is +inf
+        s = softmax_limit(s)
         m = s.amax(-1, keepdim=True).detach()  # the softmax does not depend on m
         m = torch.where(torch.isfinite(m), m, 0.0)  # a query with no key: exp(−inf) = 0
         p = torch.exp(s - m)
         total = p.sum(-1, keepdim=True)
         outs.append((p @ vt) / torch.where(total > 0, total, 1.0))
-        lses.append(torch.where(total > 0, m + torch.log(total), -math.inf)[..., 0])
+        lse = torch.where(total > 0, m + torch.log(total), -math.inf)[..., 0]
+        lses.append(lse.masked_fill(overflow, math.inf))
 
     out = torch.cat(outs, dim=2)[:, :, :n]
     if torch.is_grad_enabled():  # + an exact 0 that depends on q, k, v: an empty mask still

@@ -17,7 +17,12 @@ killed at any moment leaves either the previous checkpoint or the new one, never
 
 Reading checks every file against its sha256 before parsing it, so a truncated or corrupted
 file gives a :class:`CheckpointError` that names the file, never a traceback from deep inside
-safetensors or pickle.
+safetensors or pickle. A file and its checksum can both be rewritten, so what is read is also
+checked as untrusted input: ``config.json``'s structure (``checksums`` naming plain files of the
+directory), ``model.safetensors``' header (:func:`models.heads.safe_load.safetensors_header`:
+offsets, shapes and dtypes against the file's size) before its data is read, ``trainer.pt``'s
+pickle scanned (:func:`models.heads.safe_load.check_torch_file`) before ``torch.load``, and in
+:func:`load_model_state` every tensor's shape and dtype against the module's.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from flowgraph.models._atomic import fsync_path
 
 __all__ = [
@@ -146,6 +152,26 @@ def _fail(file: Path, why: str) -> CheckpointError:
     return CheckpointError(f"checkpoint file {file}: {why}")
 
 
+def _checked_meta(config_file: Path, meta: Any) -> dict[str, str]:
+    """The ``checksums`` of a parsed ``config.json``, its structure checked."""
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise _fail(config_file, f"unknown checkpoint format {got!r}, expected {FORMAT}")
+    if not isinstance(meta.get("config"), dict):
+        raise _fail(config_file, f"'config' must be an object, got {type(meta.get('config'))}")
+    checksums = meta.get("checksums", {})
+    if not isinstance(checksums, dict):
+        raise _fail(config_file, f"'checksums' must be an object, got {type(checksums).__name__}")
+    for name, digest in checksums.items():
+        if "/" in name or "\\" in name or name in ("", ".", ".."):
+            raise _fail(config_file, f"checksums name {name!r}, not a file of the checkpoint")
+        if not isinstance(digest, str):
+            raise _fail(config_file, f"the checksum of {name} must be a string, got {digest!r}")
+    if MODEL not in checksums:
+        raise _fail(config_file, f"lists no {MODEL}")
+    return checksums
+
+
 def read_checkpoint(
     path: str | Path, *, map_location: str | torch.device = "cpu", trainer: bool = True
 ) -> RunCheckpoint:
@@ -164,14 +190,9 @@ def read_checkpoint(
         meta = json.loads(config_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise _fail(config_file, "missing") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, huge ints, deep nesting
         raise _fail(config_file, f"not valid JSON, truncated or corrupted ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise _fail(config_file, f"unknown checkpoint format {got!r}, expected {FORMAT}")
-    checksums = meta.get("checksums", {})
-    if MODEL not in checksums:
-        raise _fail(config_file, f"lists no {MODEL}")
+    checksums = _checked_meta(config_file, meta)
     for name, expected in checksums.items():
         if name == TRAINER and not trainer:
             continue
@@ -184,12 +205,21 @@ def read_checkpoint(
                 f"sha256 does not match {CONFIG} "
                 f"(truncated or corrupted; {file.stat().st_size} bytes)",
             )
+    # the header first: offsets, shapes and dtypes against the file, before any data is read
+    from flowgraph.models.heads.safe_load import check_torch_file, safetensors_header
+
+    try:
+        safetensors_header(found / MODEL)
+    except CheckpointError as exc:
+        why = str(exc).removeprefix(f"cannot read {found / MODEL}: ")
+        raise _fail(found / MODEL, f"cannot be read ({why})") from None
     try:
         model_state = load_file(str(found / MODEL), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as exc:
         raise _fail(found / MODEL, f"cannot be read ({exc})") from None
     trainer_state = None
     if trainer and TRAINER in checksums:
+        check_torch_file(found / TRAINER)  # a pickle built to hang the loader is refused first
         try:
             trainer_state = torch.load(
                 found / TRAINER, map_location=map_location, weights_only=True
@@ -205,9 +235,31 @@ def read_checkpoint(
     return RunCheckpoint(found, meta["config"], model_state, trainer_state)
 
 
+def _check_like(name: str, t: object, own: torch.Tensor) -> None:
+    """A checkpoint tensor that can be copied into the module's ``own``: a dense CPU tensor of
+    its shape, floating point where the module's is (no silent int → float, complex → real)."""
+    if not isinstance(t, torch.Tensor):
+        raise CheckpointError(f"tensor {name} is a {type(t).__name__} in the checkpoint")
+    if t.is_meta or t.layout != torch.strided:
+        raise CheckpointError(
+            f"tensor {name} is a {t.layout} tensor on the {t.device.type} device in the "
+            "checkpoint; expected a dense tensor holding data"
+        )
+    if t.shape != own.shape:
+        raise CheckpointError(
+            f"tensor {name} has shape {tuple(t.shape)} in the checkpoint, "
+            f"{tuple(own.shape)} in the model"
+        )
+    if own.is_floating_point() and not t.is_floating_point():
+        raise CheckpointError(
+            f"tensor {name} has dtype {t.dtype} in the checkpoint, the model's is {own.dtype}: "
+            "expected a real floating-point weight"
+        )
+
+
 def load_model_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load ``state`` into ``module``; the only keys allowed to be missing are tied copies of a
-    stored tensor (same parameter object), and shapes are checked before copying."""
+    stored tensor (same parameter object), and shapes and dtypes are checked before copying."""
     own = module.state_dict()
     unexpected = sorted(set(state) - set(own))
     if unexpected:
@@ -222,9 +274,5 @@ def load_model_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) ->
     if missing:
         raise CheckpointError(f"checkpoint lacks tensors of the model: {sorted(missing)}")
     for name, t in state.items():
-        if t.shape != own[name].shape:
-            raise CheckpointError(
-                f"tensor {name} has shape {tuple(t.shape)} in the checkpoint, "
-                f"{tuple(own[name].shape)} in the model"
-            )
+        _check_like(name, t, own[name])
     module.load_state_dict(state, strict=False)

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from flowgraph.models.attention import ATTENTIONS, PARAMETERISATIONS, PATTERN_MODES
 from torch import nn
 
 import flowgraph as fg
+from flowgraph.models.attention import ATTENTIONS, PARAMETERISATIONS, PATTERN_MODES
 
 __all__ = ["GPT", "PATTERNS", "GPTConfig", "build_pattern"]
 

@@ -27,9 +27,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
-from flowgraph.models.heads.metrics import QKForm
 from plotly.subplots import make_subplots
 
+from flowgraph.models.heads.metrics import QKForm
 from flowgraph.plot import figure_title
 
 __all__ = [

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
 from flowgraph.models.checkpoint import (
     find_checkpoint,
     load_model_state,

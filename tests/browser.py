@@ -77,6 +77,7 @@ def make_tiny_runs(root: Path) -> dict[str, Path]:
     """Two tiny sorters (a dot-product and a metric model, 2 layers × 2 heads) trained for a
     few steps into ``root/NAME``: seconds on a CPU, enough for every page to have real data."""
     import torch
+
     from flowgraph.models.train import TrainConfig, run_from_args
 
     threads = torch.get_num_threads()
@@ -117,6 +118,7 @@ def make_tiny_vectors(root: Path) -> Path:
     """Saved word vectors (random, 40 words × 8) in ``root/tiny-w2v``: the Embeddings page reads
     the saved format; what the vectors mean does not matter to it."""
     import numpy as np
+
     from flowgraph.models.word2vec import WordVectors
 
     words = [f"w{i}" for i in range(40)]
@@ -128,6 +130,16 @@ def make_tiny_vectors(root: Path) -> Path:
 def serve_dashboard(*args: str, log_path: Path) -> Iterator[str]:
     """Run ``flowgraph dashboard ARGS --port P`` in a subprocess until the block ends; yields
     the URL it printed, once the page answers. Its output goes to ``log_path``."""
+    with serve_dashboard_process(*args, log_path=log_path) as (url, _):
+        yield url
+
+
+@contextmanager
+def serve_dashboard_process(
+    *args: str, log_path: Path
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """:func:`serve_dashboard`, yielding the URL and the server's process (its memory, its
+    exit status)."""
     port = free_port()
     cmd = [sys.executable, "-m", "flowgraph.app.cli", "dashboard", *args, "--port", str(port)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -135,7 +147,7 @@ def serve_dashboard(*args: str, log_path: Path) -> Iterator[str]:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         url = _wait_for_url(proc, log_path, port)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:
@@ -184,6 +196,30 @@ class OfflineGuard:
         else:
             self.blocked.append(url)
             route.abort()
+
+
+def slow_answers_js(output_fragment: str, delay_ms: int) -> str:
+    """An init script for a page: the answers to callback requests whose ``output`` names
+    ``output_fragment`` reach Dash ``delay_ms`` later (the request leaves at once), as on a
+    busy server. ``window.__slowAnswers`` counts those still held back, so a test can tell that
+    its input was made while such an answer was on its way."""
+    return f"""(() => {{
+        const original = window.fetch.bind(window);
+        window.__slowAnswers = 0;
+        window.fetch = async (url, init) => {{
+            const body = init && typeof init.body === 'string' ? init.body : '';
+            const slow = String(url).includes('_dash-update-component')
+                && body.includes({output_fragment!r});
+            if (slow) window.__slowAnswers += 1;
+            try {{
+                const response = await original(url, init);
+                if (slow) await new Promise(done => setTimeout(done, {int(delay_ms)}));
+                return response;
+            }} finally {{
+                if (slow) window.__slowAnswers -= 1;
+            }}
+        }};
+    }})();"""
 
 
 def figure_signature_js(graph_id: str) -> str:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
+import flowgraph as fg
 from flowgraph.gpu import metric as gpu_metric
 from flowgraph.models.attention import (
     DotProductAttention,
@@ -14,8 +16,6 @@ from flowgraph.models.attention import (
     QuadraticAttention,
     masked_attention,
 )
-
-import flowgraph as fg
 
 N, C, H = 20, 24, 3  # n_ctx, d_model, heads
 

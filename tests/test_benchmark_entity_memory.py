@@ -11,9 +11,10 @@ from types import ModuleType
 import pytest
 import torch
 from bench_scripts import load_script, run_script
-from flowgraph.models.entity_memory import find_mentions
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from flowgraph.models.entity_memory import find_mentions
 
 SPEED_COLUMNS = [
     "variant",

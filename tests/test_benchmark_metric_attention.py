@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from bench_scripts import assert_quick_report, load_script, run_script, tables
+
 from flowgraph.gpu.metric import metric_attention_reference, packed_size
 
 CPU_METHODS = ["op (CPU path)", "reference", "materialised"]

@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+
 from flowgraph.app.cli import main
 from flowgraph.models.checkpoint import (
     CheckpointError,

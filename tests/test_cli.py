@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flowgraph.app.cli import main
 
 import flowgraph as fg
+from flowgraph.app.cli import main
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+import flowgraph as fg
 from flowgraph.app.cli import main
 from flowgraph.app.cli_heads import head_figures, parse_ids
 from flowgraph.models.checkpoint import save_checkpoint
 from flowgraph.models.gpt import GPT, GPTConfig
 from flowgraph.models.heads import load_checkpoint
-
-import flowgraph as fg
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

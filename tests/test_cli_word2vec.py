@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from flowgraph.app.cli import main
 from flowgraph.models.word2vec import WordVectors, train_word2vec
 

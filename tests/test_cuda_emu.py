@@ -16,11 +16,11 @@ import pytest
 import torch
 from cuda_emu import HERE, KERNELS, EmuError, load
 from cuda_emu.testing import mask_case, needs_cxx
-from flowgraph.gpu.mask import SparseMask
-from flowgraph.gpu.reference import _per_head, sparse_attention_reference
 
 import flowgraph as fg
 from flowgraph import gpu
+from flowgraph.gpu.mask import SparseMask
+from flowgraph.gpu.reference import _per_head, sparse_attention_reference
 
 pytestmark = needs_cxx
 HAS_NVCC = shutil.which("nvcc") is not None

@@ -20,6 +20,7 @@ import types
 import numpy as np
 import pytest
 import torch
+
 from flowgraph.gpu import _cupy, pack_symmetric
 from flowgraph.gpu.kernels import KERNELS, NAME_EXPRESSIONS
 from flowgraph.gpu.mask import SparseMask

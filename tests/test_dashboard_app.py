@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from flowgraph.app.cli import build_parser, main
 from flowgraph.app.dashboard import create_app
 from flowgraph.app.dashboard.state import STATE_KEY, current_state

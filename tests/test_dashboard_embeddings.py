@@ -9,6 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from browser import make_tiny_vectors, shared_tiny_runs
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
 from flowgraph.app.dashboard.embeddings import (
     cosine_distances,
     parse_tokens,
@@ -20,9 +24,6 @@ from flowgraph.app.dashboard.state import DashboardState
 from flowgraph.app.pages import embeddings as page
 from flowgraph.models.heads import load_checkpoint
 from flowgraph.models.word2vec import WordVectors
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

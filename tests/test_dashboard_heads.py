@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from browser import shared_tiny_runs
+
+import flowgraph as fg
 from flowgraph.app.dashboard import limits
 from flowgraph.app.dashboard.state import DashboardState, Prefetcher
 from flowgraph.app.pages import heads as page
 from flowgraph.app.pages.patterns import build_pattern
 from flowgraph.models.heads import load_checkpoint
-
-import flowgraph as fg
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -193,3 +193,27 @@ def test_warm_computes_each_pages_first_view(runs):
     page.head_figures(state, first, 0, 0, "model", list(page.PARTS), "", "text", False)
     page.coverage_figure(state, first, "", "text", "fixed", "merged")
     assert state.results.hits == hits + 3  # form, token figures and coverage were ready
+
+
+def _options(count: int) -> list[dict[str, object]]:
+    return [{"label": str(i), "value": i} for i in range(count)]
+
+
+def test_a_checkpoint_switch_writes_a_radio_value_only_when_it_must():
+    from dash import no_update
+
+    # the value read when the switch left is still valid, and so is every choice the radio
+    # offered: a click made meanwhile is valid too, so the answer leaves the radio alone
+    assert page.kept_choice(1, _options(2), 2) is no_update
+    assert page.kept_choice(0, _options(2), 12) is no_update
+    # the new checkpoint lacks some offered choice: a click on it must not stay
+    assert page.kept_choice(1, _options(4), 2) == 1
+    assert page.kept_choice(3, _options(4), 2) == 0
+    # nothing chosen yet, or a value of the wrong type: the first choice
+    for value in (None, True, "1", 1.0, -1):
+        assert page.kept_choice(value, _options(2), 2) == 0, value
+    assert page.kept_choice(1, "junk", 2) == 1  # options unreadable: write the value
+    assert page.kept_space("head", "metric") is no_update
+    assert page.kept_space("model", "metric") is no_update
+    assert page.kept_space("head", "dot") == "model"  # greyed out for dot-product heads
+    assert page.kept_space(None, "metric") == "model"

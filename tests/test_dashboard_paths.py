@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from flowgraph.app.dashboard.limits import MAX_PATH_CHARS
 from flowgraph.app.dashboard.paths import find_checkpoints, find_vectors, make_roots, resolve_inside
 from flowgraph.app.dashboard.state import DashboardState, LRUCache
@@ -182,3 +183,65 @@ def test_lru_cache_after_a_failed_computation_the_next_caller_computes():
         cache.get("k", fail)
     assert cache.get("k", lambda: 7) == 7
     assert not cache._pending
+
+
+def _run_threads(count: int, target) -> list[threading.Thread]:
+    threads = [threading.Thread(target=target, daemon=True) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)  # a hang, not a speed limit
+    assert not any(t.is_alive() for t in threads), "a thread still waits on the cache"
+    return threads
+
+
+def test_lru_cache_under_concurrency_computes_once_and_never_hangs():
+    # many threads released together onto one key, a failing key and a slow key: one
+    # computation per stored key, every waiter of a failing one retries and fails itself
+    cache = LRUCache(4)
+    barrier = threading.Barrier(16)
+    calls = {"ok": 0, "bad": 0}
+    lock = threading.Lock()
+    results: list[object] = []
+
+    def ok() -> str:
+        with lock:
+            calls["ok"] += 1
+        time.sleep(0.05)  # long enough for the others to queue behind it
+        return "value"
+
+    def bad() -> str:
+        with lock:
+            calls["bad"] += 1
+        time.sleep(0.01)
+        raise ValueError("bad input")
+
+    def worker() -> None:
+        barrier.wait()
+        for key, compute in (("ok", ok), ("bad", bad)):
+            try:
+                results.append(cache.get(key, compute))
+            except ValueError as exc:
+                results.append(str(exc))
+
+    _run_threads(16, worker)
+    assert calls["ok"] == 1 and results.count("value") == 16
+    assert results.count("bad input") == 16 and calls["bad"] == 16  # failures are not cached
+    assert not cache._pending and not cache._owners
+
+
+def test_lru_cache_refuses_a_computation_that_needs_itself():
+    # waiting for its own key, a thread waited forever: now a RuntimeError, and the key frees
+    cache = LRUCache(4)
+
+    def loop() -> int:
+        return cache.get("k", loop)
+
+    def via_other() -> int:
+        return cache.get("other", lambda: cache.get("k2", via_other))
+
+    with pytest.raises(RuntimeError, match="'k' was asked for while this thread computes it"):
+        cache.get("k", loop)
+    with pytest.raises(RuntimeError, match="'k2' was asked for"):
+        cache.get("k2", via_other)
+    assert not cache._pending and cache.get("k", lambda: 3) == 3

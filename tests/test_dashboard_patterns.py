@@ -11,15 +11,15 @@ import math
 import numpy as np
 import pytest
 from dash import html, no_update
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import flowgraph as fg
 from flowgraph.app.dashboard import limits
 from flowgraph.app.dashboard.errors import guard
 from flowgraph.app.dashboard.state import DashboardState
 from flowgraph.app.demo import comparison_rows
 from flowgraph.app.pages import patterns as page
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-import flowgraph as fg
 
 
 def _state() -> DashboardState:

@@ -10,12 +10,13 @@ import re
 import numpy as np
 import plotly.graph_objects as go
 import pytest
-from flowgraph.app.dashboard import create_app
-from flowgraph.app.dashboard.payload import lighten
-from flowgraph.app.dashboard.plotlyjs import ONE_YEAR_S, PLOTLY_JS, plotlyjs_route
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+
+from flowgraph.app.dashboard import create_app
+from flowgraph.app.dashboard.payload import lighten
+from flowgraph.app.dashboard.plotlyjs import ONE_YEAR_S, PLOTLY_JS, plotlyjs_route
 
 
 @settings(max_examples=25, deadline=None)

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+import flowgraph as fg
 from flowgraph.models import plots
 from flowgraph.models.checkpoint import save_checkpoint
 from flowgraph.models.gpt import GPT, GPTConfig
 from flowgraph.models.heads import QKForm
 from flowgraph.models.heads.checkpoint import ATTENTION_CACHE_SIZE
 from flowgraph.models.heads.hf import ACTIVATIONS, MODEL_TYPES
-
-import flowgraph as fg
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

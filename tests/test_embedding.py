@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from flowgraph.models import embedding as embedding_module
-from flowgraph.models.embedding import PartiallyFrozenEmbedding, remap
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from flowgraph.models import embedding as embedding_module
+from flowgraph.models.embedding import PartiallyFrozenEmbedding, remap
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from flowgraph.models import entity_memory as em_module
-from flowgraph.models.entity_memory import EntityMemory, entity_attention, find_mentions
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import Tensor
+
+from flowgraph.models import entity_memory as em_module
+from flowgraph.models.entity_memory import EntityMemory, entity_attention, find_mentions
 
 O, B, I = 0, 1, 2  # noqa: E741
 

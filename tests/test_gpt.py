@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from flowgraph.models.gpt import GPT, GPTConfig
 
 import flowgraph as fg
+from flowgraph.models.gpt import GPT, GPTConfig
 
 VARIANTS = [
     dict(attention="sdpa"),

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from flowgraph.models.heads import load_checkpoint
 
 transformers = pytest.importorskip("transformers")
@@ -275,7 +276,7 @@ def test_unsupported_bert_variants_are_named(tmp_path):
 def test_the_loader_does_not_import_transformers(tmp_path):
     directory = _wordpiece_dir(tmp_path)
     code = (
-        "import sys; from models.heads import load_checkpoint;"
+        "import sys; from flowgraph.models.heads import load_checkpoint;"
         f"c = load_checkpoint({str(directory)!r}); c.attention(c.tokenize('the cat'));"
         "c.qk_form(0, 0); print('transformers' in sys.modules)"
     )

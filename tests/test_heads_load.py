@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+import flowgraph as fg
 from flowgraph.models.attention import DotProductAttention, QuadraticAttention
 from flowgraph.models.checkpoint import CheckpointError, save_checkpoint
 from flowgraph.models.gpt import GPT, GPTConfig
 from flowgraph.models.heads import Checkpoint, HeadWeights, load_checkpoint
 from flowgraph.models.heads.checkpoint import ATTENTION_CACHE_SIZE
 from flowgraph.models.heads.flowgraph_run import attention_probs
-
-import flowgraph as fg
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flowgraph.models.heads.metrics import QKForm, coverage, qk_form, token_distances
-from flowgraph.models.heads.weights import HeadWeights
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flowgraph as fg
+from flowgraph.models.heads.metrics import QKForm, coverage, qk_form, token_distances
+from flowgraph.models.heads.weights import HeadWeights
 
 SETTINGS = settings(max_examples=40, deadline=None)
 

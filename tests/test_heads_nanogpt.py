@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flowgraph.models.heads import load_checkpoint
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.special import erf
+
+from flowgraph.models.heads import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

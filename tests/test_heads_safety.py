@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
+
 from flowgraph.models.checkpoint import CheckpointError
 from flowgraph.models.heads import UnsafeCheckpointError, load_checkpoint
-from safetensors.torch import save_file
 
 CONFIG = {
     "model_type": "bert",
@@ -148,8 +149,9 @@ def test_a_crafted_trainer_state_of_a_run_is_never_unpickled(tmp_path, payload):
     file and without torch's advice to retry unsafely; the payload never runs."""
     import hashlib
 
-    from flowgraph.models.checkpoint import read_checkpoint
     from test_heads_load import _model, _save_run
+
+    from flowgraph.models.checkpoint import read_checkpoint
 
     run = _save_run(tmp_path / "run", _model("sdpa", None, "interleave", True, "symmetric"))
     marker = tmp_path / "ran"
@@ -213,7 +215,8 @@ def test_a_wrong_shape_is_named(tmp_path, weights):
         load_checkpoint(directory)
     assert str(info.value) == (
         f"tensor encoder.layer.0.intermediate.dense.weight in {directory / weights} has shape "
-        "(16, 9), expected (16, 8) from the config"
+        "(16, 9), expected (16, 8) from the config (dimension 1 is hidden_size=8 in "
+        f"{directory / 'config.json'}, the tensor's is 9)"
     )
 
 

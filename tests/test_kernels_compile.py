@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from cuda_emu import extern_c_kernels, load
+
 from flowgraph.gpu.kernels import KERNELS, NAME_EXPRESSIONS
 
 SOURCES = sorted(KERNELS.glob("*.cu"))

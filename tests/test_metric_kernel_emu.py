@@ -21,6 +21,8 @@ import pytest
 import torch
 from cuda_emu import KERNELS, load
 from cuda_emu.testing import SUFFIX, needs_cxx
+
+import flowgraph as fg
 from flowgraph.gpu.kernels import (
     NAME_EXPRESSIONS,
     metric_attention_bwd_config,
@@ -32,8 +34,6 @@ from flowgraph.gpu.kernels import (
 from flowgraph.gpu.mask import SparseMask
 from flowgraph.gpu.metric import metric_attention_reference, packed_size, unpack_symmetric
 from flowgraph.gpu.reference import _per_head
-
-import flowgraph as fg
 
 pytestmark = needs_cxx
 i32 = np.int32

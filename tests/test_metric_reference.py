@@ -16,6 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import flowgraph as fg
 from flowgraph.gpu.mask import SparseMask
 from flowgraph.gpu.metric import (
     metric_attention,
@@ -26,10 +30,6 @@ from flowgraph.gpu.metric import (
     quadratic_attention_reference,
     unpack_symmetric,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-import flowgraph as fg
 
 
 # --- oracles ------------------------------------------------------------------------------------
@@ -487,7 +487,7 @@ def test_exported_from_gpu():
     """In a fresh interpreter, so the package is imported as users import it."""
     names = "metric_attention metric_attention_reference pack_symmetric unpack_symmetric"
     code = (
-        "import gpu, gpu.metric as gm, torch\n"
+        "from flowgraph import gpu; import flowgraph.gpu.metric as gm, torch\n"
         f"for name in '{names} quadratic_attention_reference'.split():\n"
         "    assert name in gpu.__all__ and getattr(gpu, name) is getattr(gm, name), name\n"
     )

@@ -9,10 +9,10 @@ import shutil
 import numpy as np
 import plotly.graph_objects as go
 import pytest
+
 from flowgraph.models import plots
 from flowgraph.models.heads.metrics import qk_form, token_distances
 from flowgraph.models.heads.weights import HeadWeights
-
 from flowgraph.plot import write_png
 
 HAS_BROWSER = bool(shutil.which("chromium") or shutil.which("google-chrome"))

@@ -14,6 +14,8 @@ import pytest
 import torch
 from cuda_emu import HERE, KERNELS, EmuError, load
 from cuda_emu.testing import SUFFIX, mask_case, needs_cxx
+
+import flowgraph as fg
 from flowgraph.gpu.kernels import (
     NAME_EXPRESSIONS,
     sparse_attention_bwd_config,
@@ -24,8 +26,6 @@ from flowgraph.gpu.kernels import (
 )
 from flowgraph.gpu.mask import SparseMask
 from flowgraph.gpu.reference import _per_head, sparse_attention_reference
-
-import flowgraph as fg
 
 pytestmark = needs_cxx
 i32 = np.int32

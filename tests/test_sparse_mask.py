@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flowgraph.gpu import kernels as gpu_kernels
-from flowgraph.gpu import reference as gpu_reference
-from flowgraph.gpu.mask import BLOCKS, Density, SparseMask, strided_permutation
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flowgraph as fg
 from flowgraph import gpu
+from flowgraph.gpu import kernels as gpu_kernels
+from flowgraph.gpu import reference as gpu_reference
+from flowgraph.gpu.mask import BLOCKS, Density, SparseMask, strided_permutation
 
 
 # --- brute force --------------------------------------------------------------------------------

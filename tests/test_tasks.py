@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 import torch
+
 from flowgraph.models.gpt import GPTConfig
 from flowgraph.models.tasks import IGNORE, TASKS, CharTask, SortTask, make_task
 from flowgraph.models.train import TrainConfig, train

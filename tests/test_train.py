@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from flowgraph.app.cli import main
 from flowgraph.models.checkpoint import read_checkpoint
 from flowgraph.models.gpt import GPTConfig
@@ -80,12 +81,17 @@ def test_bad_device_is_a_usage_error(tmp_path, capsys):
         assert "torch.cuda.is_available() is False" in capsys.readouterr().err
 
 
+# Far more steps than the kill needs: the poller below may be seconds late on a loaded machine,
+# and the run must still be going when the signal arrives (120 steps left a 0.3 s margin).
+STEPS = 1000
+
+
 def _cli(out: Path, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "flowgraph.app.cli", "train", "--task", "sort", "--length", "7",
         "--attention", "metric", "--pattern", "fixed", "--mode", "interleave",
-        "--n-layer", "2", "--n-head", "2", "--d-model", "16", "--steps", "120",
-        "--ckpt-every", "10", "--log-every", "5", "--eval-every", "100", "--seed", "3",
+        "--n-layer", "2", "--n-head", "2", "--d-model", "16", "--steps", str(STEPS),
+        "--ckpt-every", "10", "--log-every", "5", "--eval-every", "500", "--seed", "3",
         "--threads", "1", "--quiet", "--out", str(out), *extra,
     ]  # fmt: skip
 
@@ -118,7 +124,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     stopped_at = read_checkpoint(killed / "checkpoint").config["step"]
-    assert 40 <= stopped_at < 120  # the log runs ahead of the last checkpoint
+    assert 40 <= stopped_at < STEPS  # the log runs ahead of the last checkpoint
 
     done = subprocess.run(
         [*_cli(killed), "--resume"], cwd=ROOT, env=env, capture_output=True, text=True

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from flowgraph.models.word2vec import WordVectors, train_word2vec
 from flowgraph.models.word2vec.corpus import as_corpus, encode_chunks
 from flowgraph.models.word2vec.vocab import build_vocab
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -84,6 +85,7 @@ def test_noise_distribution_is_count_to_the_three_quarters(counts: list[int]) ->
 
 def test_torch_noise_table_draws_count_to_the_three_quarters() -> None:
     import torch
+
     from flowgraph.models.word2vec import _torch
 
     vocab = build_vocab([["a"] * 1000, ["b"] * 100, ["c"] * 10, ["d"]], min_count=1)

@@ -6,15 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import flowgraph.models.word2vec.vectors as vectors_module
 import numpy as np
 import pytest
-from flowgraph.models.word2vec import WordNotInVocabularyError, WordVectors
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from safetensors.numpy import load_file
 from scipy.stats import spearmanr
+
+import flowgraph.models.word2vec.vectors as vectors_module
+from flowgraph.models.word2vec import WordNotInVocabularyError, WordVectors
 
 
 def make(num_words: int = 6, dim: int = 4, seed: int = 0) -> WordVectors:

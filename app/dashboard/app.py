@@ -7,15 +7,19 @@ from pathlib import Path
 
 import dash
 from dash import Dash, dcc, html
+
 from flowgraph.app.dashboard.plotlyjs import gzipped_plotlyjs, serve_plotlyjs
 from flowgraph.app.dashboard.state import STATE_KEY, DashboardState
+from flowgraph.app.dashboard.wire import install_request_checks
 from flowgraph.app.pages import embeddings, heads, patterns
 
 __all__ = ["PAGES", "create_app", "warm"]
 
 PAGES = (patterns, heads, embeddings)
 ASSETS = Path(__file__).resolve().parent / "assets"
-MAX_REQUEST_BYTES = 16 * 2**20  # an upload (≤ 4 MB, base64) plus the page's other inputs
+# an upload (≤ 4 MiB: 5.6 MB as base64) plus its file name; every other request is a few kB.
+# A cap near the largest real request also caps the memory one request's JSON can take.
+MAX_REQUEST_BYTES = 8 * 2**20
 # The browser may load nothing from another origin: a second guard, beside serve_locally, that
 # keeps the app offline. Dash's renderer and plotly need inline scripts, eval and data: URLs.
 CSP = (
@@ -72,6 +76,7 @@ def create_app(runs: Path | None, checkpoints: Sequence[Path], vectors: Path | N
             layout=page.layout,
         )
         page.register_callbacks(app, state)
+    install_request_checks(app)  # a malformed callback request: 400 with a message, not a 500
     app.layout = html.Div(
         [
             html.Header(

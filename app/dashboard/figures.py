@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
+
 from flowgraph.models.plots import (
     token_label,  # words as plotly shows them verbatim (<s>, \n, spaces)
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dash import dcc, html
+
 from flowgraph.app.dashboard.figures import placeholder_figure
 
 __all__ = [

@@ -19,7 +19,10 @@ __all__ = [
     "MAX_TEXT_CHARS",
     "MAX_TOKENS_SHOWN",
     "MAX_UPLOAD_BYTES",
+    "check_choice",
+    "check_flags",
     "check_npz_bytes",
+    "check_scalar",
     "check_text",
     "int_option",
 ]
@@ -69,6 +72,33 @@ def check_text(name: str, value: object, limit: int = MAX_TEXT_CHARS) -> str:
         raise ValueError(f"{name} holds {len(value):,} characters; the limit is {limit:,}")
     if "\x00" in value:
         raise ValueError(f"{name} must not contain NUL bytes")
+    return value
+
+
+def check_scalar(name: str, value: object) -> object:
+    """``value`` when it is what a box sends (None, text or a number); a list or a mapping —
+    which no control sends, and which a cache key cannot hold — is a TypeError naming ``name``."""
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    raise TypeError(f"{name} must be a number or text, got {type(value).__name__} {value!r:.60}")
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    """``value`` when it is one of ``choices`` (a radio's or a dropdown's values)."""
+    if isinstance(value, str) and value in choices:
+        return value
+    raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r:.60}")
+
+
+def check_flags(name: str, value: object, choices: tuple[str, ...]) -> list[str]:
+    """The ticked values of a checklist: a list of some of ``choices`` (None: none ticked)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"{name} must be a list of {', '.join(choices)}, got {value!r:.60}")
+    unknown = [v for v in value if v not in choices]
+    if unknown:
+        raise ValueError(f"{name}: {unknown[0]!r:.60} is not one of {', '.join(choices)}")
     return value
 
 

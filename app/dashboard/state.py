@@ -11,9 +11,8 @@ layer or head on a loaded model recomputes a k×k or c×c form, never a file rea
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +31,9 @@ class LRUCache:
     several threads). A value is computed outside the lock, so other keys are never blocked;
     threads asking for a key that is being computed wait for that computation instead of
     repeating it (the Heads page's two halves, or a prefetch, may ask for one checkpoint at once).
+    A computation that raises wakes its waiters, and the next of them computes the key again. A
+    computation that asks for its own key (directly or through another cached value) raises
+    RuntimeError instead of waiting for itself forever.
     """
 
     def __init__(self, maxsize: int) -> None:
@@ -41,6 +43,7 @@ class LRUCache:
         self.hits = self.misses = 0
         self._data: OrderedDict[Hashable, Any] = OrderedDict()
         self._pending: dict[Hashable, threading.Event] = {}
+        self._owners: dict[Hashable, int] = {}  # the thread computing each pending key
         self._lock = threading.Lock()
 
     def get(self, key: Hashable, compute: Callable[[], T]) -> T:
@@ -53,8 +56,14 @@ class LRUCache:
                 running = self._pending.get(key)
                 if running is None:
                     self._pending[key] = done = threading.Event()
+                    self._owners[key] = threading.get_ident()
                     self.misses += 1
                     break
+                if self._owners[key] == threading.get_ident():
+                    raise RuntimeError(
+                        f"cache key {key!r} was asked for while this thread computes it "
+                        "(a computation that needs its own result never finishes)"
+                    )
             running.wait()  # then look again: stored, or it failed and this thread computes
         try:
             value = compute()
@@ -65,7 +74,7 @@ class LRUCache:
                     self._data.popitem(last=False)
         finally:
             with self._lock:
-                del self._pending[key]
+                del self._pending[key], self._owners[key]
             done.set()
         return value
 
@@ -76,41 +85,68 @@ class LRUCache:
 class Prefetcher:
     """One daemon thread that computes queued jobs in order, each key at most once: the Heads
     page queues a checkpoint's other heads after showing one, so a later switch is a cache hit.
-    A failing job is logged and dropped (the page reports the error if the user asks for it)."""
+    A failing job is logged and dropped (the page reports the error if the user asks for it).
 
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Hashable, Callable[[], object]]] = queue.SimpleQueue()
-        self._seen: set[Hashable] = set()
-        self._lock = threading.Lock()
+    Bounded: at most ``max_jobs`` wait (a new job pushes out the oldest — the user has moved
+    on from those settings) and ``max_seen`` keys are remembered. Unbounded, every distinct
+    input typed queued a checkpoint's heads again, so a burst of requests left minutes of work
+    queued and a set of keys that only grew."""
+
+    def __init__(self, max_jobs: int = 256, max_seen: int = 4096) -> None:
+        if max_jobs < 1 or max_seen < max_jobs:
+            raise ValueError(
+                f"expected 1 ≤ max_jobs ≤ max_seen, got max_jobs={max_jobs}, max_seen={max_seen}"
+            )
+        self.max_jobs, self.max_seen = max_jobs, max_seen
+        self._jobs: deque[tuple[Hashable, Callable[[], object]]] = deque()
+        self._seen: OrderedDict[Hashable, None] = OrderedDict()
+        self._ready = threading.Condition()
         self._thread: threading.Thread | None = None
-        self.done = 0
+        self.done = self.dropped = 0
 
     def submit(self, key: Hashable, job: Callable[[], object]) -> bool:
         """Queue ``job`` unless ``key`` was queued before; True when queued."""
-        with self._lock:
+        with self._ready:
             if key in self._seen:
                 return False
-            self._seen.add(key)
+            self._seen[key] = None
+            if len(self._jobs) == self.max_jobs:
+                old, _ = self._jobs.popleft()
+                self._seen.pop(old, None)  # never computed: it may be queued again
+                self.dropped += 1
+            while len(self._seen) > self.max_seen:
+                self._seen.popitem(last=False)
+            self._jobs.append((key, job))
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._work, name="flowgraph-prefetch", daemon=True
                 )
                 self._thread.start()
-        self._jobs.put((key, job))
+            self._ready.notify()
         return True
 
     def _work(self) -> None:
         while True:
-            key, job = self._jobs.get()
+            with self._ready:
+                while not self._jobs:
+                    self._ready.wait()
+                key, job = self._jobs.popleft()
             try:
                 job()
             except Exception:
                 log.debug("prefetch %r failed", key, exc_info=True)
-            self.done += 1
+            with self._ready:
+                self.done += 1
 
     def idle(self) -> bool:
         """True when no job is waiting (the running one may still be finishing)."""
-        return self._jobs.empty()
+        with self._ready:
+            return not self._jobs
+
+    def __len__(self) -> int:
+        """The jobs waiting."""
+        with self._ready:
+            return len(self._jobs)
 
 
 class DashboardState:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from dash import Dash, Input, Output, dcc, html
+
 from flowgraph.app.dashboard import limits
 from flowgraph.app.dashboard.embeddings import (
     MAX_PCA_VECTORS,

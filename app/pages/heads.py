@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 from dash import Dash, Input, Output, State, dcc, html, no_update
+
 from flowgraph.app.dashboard import limits
 from flowgraph.app.dashboard.errors import guard, message
 from flowgraph.app.dashboard.figures import NO_RESULT, no_results
@@ -24,6 +25,8 @@ from flowgraph.app.pages.patterns import PATTERNS, build_pattern
 
 PATH, NAME, ORDER = "/heads", "Heads", 1
 PARTS = ("matrix", "symmetric", "antisymmetric")
+SPACES = ("model", "head")
+INPUT_KINDS = ("text", "ids")
 COVERAGE_MODES = ("merged", "interleave", "heads")
 DEFAULT_TOKENS = 16  # the example input when none is typed
 # A switch redraws the top half (form, spectrum) and the bottom half (token distances,
@@ -32,6 +35,7 @@ HALVES = ("form", "tokens")
 FIGURES = {"form": ("form", "spectrum"), "tokens": ("distances", "attention")}
 PAGE_WIDTH = 1300  # px: a figure wider than this lies partly outside a laptop's page
 MAX_PREFETCH_HEADS = 64  # a checkpoint's heads computed ahead of a switch (12×12 BERT: not all)
+MAX_OPENED = 32  # checkpoints opened by path kept in the dropdown beside the listing
 
 
 # --- pure helpers -----------------------------------------------------------------------------
@@ -52,10 +56,21 @@ def default_ids(ckpt: Any) -> np.ndarray:
     return np.random.default_rng(0).integers(0, ckpt.vocab_size, size=size, dtype=np.int64)
 
 
+def index_option(name: str, value: object) -> int:
+    """A layer or head number as its radio sends it: an int ≥ 0 (a float, text or bool is a
+    TypeError, never truncated; the range is checked against the checkpoint)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a non-negative integer, got {value!r:.60}")
+    if value < 0:
+        raise ValueError(f"{name} must be ≥ 0, got {name}={value}")
+    return value
+
+
 def input_ids(ckpt: Any, text: object, kind: str) -> np.ndarray:
     """The ids of the typed input under ``ckpt``'s tokenizer (``kind`` "text") or as typed
     (``kind`` "ids"); the example input when nothing is typed. At most MAX_TOKENS_SHOWN."""
     text = limits.check_text("input", text)
+    kind = limits.check_choice("input kind", kind, INPUT_KINDS)
     if not text.strip():
         return default_ids(ckpt)
     ids = parse_ids(text) if kind == "ids" else np.asarray(ckpt.tokenize(text), dtype=np.int64)
@@ -83,6 +98,37 @@ def space_options(attention_kind: str | None) -> list[dict[str, Any]]:
         {"label": "model", "value": "model"},
         {"label": "head", "value": "head", "disabled": attention_kind != "metric"},
     ]
+
+
+# A switch of checkpoint answers with the new layer and head choices. It writes a radio's value
+# only when it must: the value it read (State) left with the request, and a click made while the
+# answer was on its way — right after "open by path", whose answer switches the checkpoint and
+# so sends this one — was overwritten by that stale value when the answer landed. (The browser
+# test lost such a click about 1 run in 10 on a busy machine, every time with the answer slowed.)
+def kept_choice(value: object, offered: object, count: int) -> Any:
+    """The value ``choose_checkpoint`` writes into a layer or head radio that held ``value``
+    among the options ``offered`` when the switch was sent, for a checkpoint with ``count``
+    layers or heads: ``no_update`` when every offered choice is still valid (the radio keeps
+    what it holds when the answer lands, a click made meanwhile included); otherwise ``value``
+    if it is still valid, else 0 (a click on a choice the new checkpoint lacks must not stay)."""
+
+    def valid(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < count
+
+    if not isinstance(offered, list) or not all(isinstance(o, dict) for o in offered):
+        offered = [{"value": None}]  # unknown options: write the value
+    if valid(value) and all(valid(o.get("value")) for o in offered):
+        return no_update
+    return value if valid(value) else 0
+
+
+def kept_space(space: object, attention_kind: str) -> Any:
+    """The value ``choose_checkpoint`` writes into the space radio: "model" for a checkpoint
+    without metric heads (its "head" choice is greyed out), else ``no_update`` while the value
+    is one of the two (both are valid for a metric checkpoint, a click made meanwhile too)."""
+    if attention_kind != "metric":
+        return "model"
+    return no_update if space in ("model", "head") else "model"
 
 
 def describe(ckpt: Any) -> str:
@@ -113,6 +159,7 @@ def head_figures(
 
     if not set(halves) <= set(HALVES):
         raise ValueError(f"halves must be among {', '.join(HALVES)}, got {halves!r}")
+    space = limits.check_choice("space", space, SPACES)  # part of a cache key: checked first
 
     real = str(state.resolve_checkpoint(path))
     ckpt = state.checkpoint(real)
@@ -212,6 +259,7 @@ def coverage_figure(
 
     if mode not in COVERAGE_MODES:
         raise ValueError(f"mode must be one of {', '.join(COVERAGE_MODES)}, got {mode!r}")
+    limits.check_choice("coverage pattern", pattern_name, PATTERNS)  # part of a cache key
     real = str(state.resolve_checkpoint(path))
     ckpt = state.checkpoint(real)
     ids = input_ids(ckpt, text, kind)
@@ -242,6 +290,39 @@ def warm(state: DashboardState) -> None:
         prefetch_heads(state, path, "model", list(PARTS), "", "text", False)
     except (ValueError, TypeError, OSError):
         return  # shown in the page when the user arrives
+
+
+def opened_options(
+    state: DashboardState, options: object, real: str, label: str
+) -> list[dict[str, str]]:
+    """The checkpoint dropdowns' options once ``real`` is opened by path: the listing under the
+    roots, then up to MAX_OPENED checkpoints opened by path before — kept from the page's
+    ``options`` only while well-formed and inside the roots (the page sends them back; a
+    forged request's junk was echoed, or failed as "string indices must be integers") — then
+    ``real`` under ``label`` unless it is among them."""
+    out = state.checkpoint_options()
+    known = {o["value"] for o in out}
+    earlier = [
+        o
+        for o in (options if isinstance(options, list) else [])
+        if isinstance(o, dict)
+        and isinstance(o.get("label"), str)
+        and isinstance(o.get("value"), str)
+        and o["value"] not in known
+    ]
+    for option in earlier[-MAX_OPENED:]:  # the most recent ones
+        try:
+            inside = str(state.resolve_checkpoint(option["value"])) == option["value"]
+        except ValueError:
+            inside = False
+        if inside and option["value"] not in known:
+            out.append(
+                {"label": option["label"][: limits.MAX_PATH_CHARS], "value": option["value"]}
+            )
+            known.add(option["value"])
+    if real not in known:
+        out.append({"label": label, "value": real})
+    return out
 
 
 # --- layout -----------------------------------------------------------------------------------
@@ -393,12 +474,10 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
         prevent_initial_call=True,
     )
     @guard(outputs=4, message_at=3)
-    def open_path(_clicks: int, text: object, options: list[dict[str, str]]) -> tuple[Any, ...]:
+    def open_path(_clicks: int, text: object, options: object) -> tuple[Any, ...]:
         real = state.resolve_checkpoint(text)
         ckpt = state.checkpoint(str(real))
-        options = list(options or [])
-        if all(o["value"] != str(real) for o in options):
-            options.append({"label": f"{ckpt.name} ({text})", "value": str(real)})
+        options = opened_options(state, options, str(real), f"{ckpt.name} ({text})")
         return options, str(real), options, message(f"opened {describe(ckpt)}", "note")
 
     @app.callback(
@@ -411,21 +490,31 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
         Output("heads-space", "options"),
         Input("heads-ckpt", "value"),
         State("heads-layer", "value"),
+        State("heads-layer", "options"),
         State("heads-head", "value"),
+        State("heads-head", "options"),
         State("heads-space", "value"),
         prevent_initial_call=True,  # the layout holds the first checkpoint's choices
     )
     @guard(outputs=7, message_at=4)
-    def choose_checkpoint(path: object, layer: Any, head: Any, space: str) -> tuple[Any, ...]:
+    def choose_checkpoint(
+        path: object, layer: Any, layer_options: Any, head: Any, head_options: Any, space: Any
+    ) -> tuple[Any, ...]:
+        # the values go out only where they must (kept_choice): the figures still wait for
+        # this answer, since the radios' values are among its outputs
         if not path:
             return [], None, [], None, "no checkpoint under the roots", no_update, no_update
         ckpt = state.checkpoint(path)
         layers, heads = _choices(state, path)
-        layer = layer if isinstance(layer, int) and 0 <= layer < ckpt.num_layers else 0
-        head = head if isinstance(head, int) and 0 <= head < ckpt.num_heads else 0
-        space = space if ckpt.attention_kind == "metric" else "model"
-        spaces = space_options(ckpt.attention_kind)
-        return layers, layer, heads, head, describe(ckpt), space, spaces
+        return (
+            layers,
+            kept_choice(layer, layer_options, ckpt.num_layers),
+            heads,
+            kept_choice(head, head_options, ckpt.num_heads),
+            describe(ckpt),
+            kept_space(space, ckpt.attention_kind),
+            space_options(ckpt.attention_kind),
+        )
 
     head_inputs = [
         Input(f"heads-{name}", "value")
@@ -437,8 +526,11 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
         symmetry line (form half) and a note when the second checkpoint fails."""
 
         path, path2, layer, head, space, parts, text, kind, positions = controls
-        parts = [p for p in PARTS if p in (parts or [])] or ["matrix"]
-        args = (int(layer), int(head), space, parts, text, kind, "pos" in (positions or []))
+        ticked = limits.check_flags("form panels", parts, PARTS)
+        parts = [p for p in PARTS if p in ticked] or ["matrix"]
+        shifted = "pos" in limits.check_flags("distances", positions, ("pos",))
+        layer, head = index_option("layer", layer), index_option("head", head)
+        args = (layer, head, space, parts, text, kind, shifted)
         left = head_figures(state, str(path), *args, halves=(half,))
         if half == "tokens":  # the half that knows every setting queues the other heads
             prefetch_heads(state, str(path), *args[2:])

@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import plotly.graph_objects as go
-from dash import Dash, Input, Output, State, dcc, html
+from dash import Dash, Input, Output, State, dcc, html, no_update
+
+import flowgraph as fg
+from flowgraph import plot
 from flowgraph.app.dashboard import limits
 from flowgraph.app.dashboard.errors import guard, message
 from flowgraph.app.dashboard.figures import (
@@ -26,9 +29,6 @@ from flowgraph.app.dashboard.figures import (
 from flowgraph.app.dashboard.layout import control, graph_section, number_box, page, radio
 from flowgraph.app.dashboard.payload import lighten
 from flowgraph.app.dashboard.state import DashboardState
-
-import flowgraph as fg
-from flowgraph import plot
 
 PATH, NAME, ORDER = "/", "Patterns", 0
 PATTERNS = ("dense", "local", "strided", "fixed", "ltr", "rtl", "star")
@@ -237,6 +237,7 @@ def analyse(
     upload: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """Everything the page shows for one setting of the controls (cached by the settings)."""
+    _check_settings(name, n, stride, summary, direction, layers, mode, upload)
     causal = direction != "bidirectional"
     if name in BIDIRECTIONAL_ONLY:
         causal = False
@@ -244,6 +245,42 @@ def analyse(
     settings = Settings(name, n, stride, summary, causal, layers, mode, bool(flow), upload)
     sha = (upload or {}).get("sha") if name == UPLOAD else None
     return state.cached(("patterns", *settings[:-1], sha), lambda: _analyse(state, settings))
+
+
+def _check_settings(
+    name: object,
+    n: object,
+    stride: object,
+    summary: object,
+    direction: object,
+    layers: object,
+    mode: object,
+    upload: object,
+) -> None:
+    """Refuse what no control sends before it becomes part of a cache key: a list for n was
+    an "unhashable type: 'list'" message that named no control."""
+    limits.check_choice("pattern", name, (*PATTERNS, UPLOAD))
+    for label, value in (("n", n), ("stride", stride), ("summary", summary), ("layers", layers)):
+        limits.check_scalar(label, value)
+    limits.check_scalar("mode", mode)
+    limits.check_choice("direction", direction, ("causal", "bidirectional"))
+    _check_upload_key(upload)
+
+
+def _check_upload_key(upload: object) -> None:
+    """The upload box's key is None or ``{"sha": str, "name": str}`` (receive_upload sets it)."""
+    if upload is None:
+        return
+    ok = (
+        isinstance(upload, dict)
+        and isinstance(upload.get("sha"), str)
+        and isinstance(upload.get("name", ""), (str, type(None)))
+    )
+    if not ok:
+        raise TypeError(
+            f"the upload key must be {{'sha': str, 'name': str}} as the upload box sets it, "
+            f"got {upload!r:.60}"
+        )
 
 
 def _uploaded(state: DashboardState, upload: dict[str, Any] | None, causal: bool) -> fg.Pattern:
@@ -441,13 +478,17 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
         State("patterns-direction", "value"),
         prevent_initial_call=True,  # the default pattern (fixed) has both directions
     )
-    def bidirectional_only(name: str, direction: str) -> tuple[str, list[dict[str, Any]]]:
+    def bidirectional_only(name: str, direction: object) -> tuple[Any, list[dict[str, Any]]]:
         locked = name in BIDIRECTIONAL_ONLY
         options = [
             {"label": "causal", "value": "causal", "disabled": locked},
             {"label": "bidirectional", "value": "bidirectional"},
         ]
-        return ("bidirectional" if locked else direction or "causal"), options
+        # the value goes out only when it must: ``direction`` was read when the request left,
+        # and writing it back undid a direction clicked while the answer was on its way
+        if locked:
+            return "bidirectional", options
+        return (no_update if direction in ("causal", "bidirectional") else "causal"), options
 
     @app.callback(
         *(Output(f"patterns-{c}", "disabled") for c in IDLE_CANDIDATES),
@@ -481,7 +522,8 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
 
     def result(controls: tuple[Any, ...]) -> dict[str, Any]:
         *settings, flow, upload = controls
-        return analyse(state, *settings, "flow" in (flow or []), upload)
+        ticked = limits.check_flags("flow", flow, ("flow",))
+        return analyse(state, *settings, "flow" in ticked, upload)
 
     # Two callbacks over one cached analysis: the report and the step masks at the top of the
     # page are drawn while the figures below them are still on their way.

@@ -12,35 +12,97 @@
 A file inside a directory checkpoint (``model.safetensors``, ``config.json``) stands for its
 directory.
 
-Loading reads the configuration and checks every tensor's name and shape (from the safetensors
-header, without reading the data); the weights are read, the torch modules built and the float64
-head weights converted on first use, once per :class:`Checkpoint`. :meth:`Checkpoint.attention`
-keeps the last few results, since a dashboard asks for the same sequence head after head.
-Nothing is ever unpickled except through :mod:`models.heads.safe_load`.
+Loading reads the configuration (every size an int in [1, :data:`MAX_CONFIG_SIZE`], named when
+it is not) and checks every tensor's name, dtype and shape against it (from the safetensors
+header, without reading the data), and that what a :class:`Checkpoint` computes fits in memory
+(:func:`check_memory`: the weights, their float64 copies, the attention of a longest sequence,
+against the machine's memory or ``FLOWGRAPH_MEMORY_LIMIT``); the weights are read, the torch
+modules built and the float64 head weights converted on first use, once per :class:`Checkpoint`.
+:meth:`Checkpoint.attention` keeps the last few results, since a dashboard asks for the same
+sequence head after head. Nothing is ever unpickled except through :mod:`models.heads.safe_load`.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+import flowgraph as fg
 from flowgraph.models.checkpoint import CheckpointError
 from flowgraph.models.heads.metrics import QKForm, coverage, qk_form, token_distances
 from flowgraph.models.heads.weights import HeadWeights
 
-import flowgraph as fg
-
-__all__ = ["ATTENTION_CACHE_SIZE", "Checkpoint", "load_checkpoint"]
+__all__ = [
+    "ATTENTION_CACHE_SIZE",
+    "MAX_CONFIG_SIZE",
+    "MEMORY_LIMIT_ENV",
+    "Checkpoint",
+    "check_memory",
+    "load_checkpoint",
+    "memory_needed",
+]
 
 ATTENTION_CACHE_SIZE = 8  # sequences whose attention a Checkpoint keeps (a dashboard flips heads)
+MAX_CONFIG_SIZE = 2**31 - 1  # a size beyond torch's int32 index range is a corrupt config
+MEMORY_LIMIT_ENV = "FLOWGRAPH_MEMORY_LIMIT"  # bytes; default: the machine's physical memory
+
+
+def _shown(value: object, width: int = 60) -> str:
+    """``repr(value)``, cut to ``width`` characters (a config value may be a long string)."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def config_int(
+    config: Mapping[str, Any],
+    key: str,
+    where: object,
+    default: int | None = None,
+    *,
+    minimum: int = 1,
+    name: str | None = None,
+) -> int:
+    """``config[key]`` (``default`` when absent) checked to be an int in
+    [``minimum``, :data:`MAX_CONFIG_SIZE`]; the error names ``where`` (the file), the key (or
+    ``name``) and the value."""
+    value = config.get(key, default)
+    name = name or key
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise CheckpointError(f"{where}: {name} must be an int ≥ {minimum}, got {_shown(value)}")
+    if value > MAX_CONFIG_SIZE:
+        raise CheckpointError(
+            f"{where}: {name} must be an int ≤ {MAX_CONFIG_SIZE}, got {value} (a corrupt config?)"
+        )
+    return value
+
+
+def config_float(config: Mapping[str, Any], key: str, where: object, default: float) -> float:
+    """``config[key]`` (``default`` when absent or null) checked to be a finite number > 0."""
+    value = config.get(key)
+    value = default if value is None else value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise CheckpointError(f"{where}: {key} must be a finite number > 0, got {_shown(value)}")
+    return float(value)
+
+
+def config_bool(config: Mapping[str, Any], key: str, where: object, default: bool) -> bool:
+    """``config[key]`` (``default`` when absent or null) checked to be true or false."""
+    value = config.get(key)
+    value = default if value is None else value
+    if not isinstance(value, bool):
+        raise CheckpointError(f"{where}: {key} must be true or false, got {_shown(value)}")
+    return value
 
 
 def _is_int_scalar(x: object) -> bool:
@@ -165,6 +227,71 @@ def char_tokenize(text: str, stoi: dict[str, int]) -> list[int]:
     return [stoi[ch] for ch in text]
 
 
+def memory_needed(
+    *,
+    attention_kind: str,
+    num_layers: int,
+    num_heads: int,
+    head_dim: int,
+    d_model: int,
+    n_ctx: int,
+    vocab_size: int,
+    weight_bytes: int,
+) -> dict[str, int]:
+    """Bytes, by what they hold, that a :class:`Checkpoint` of these sizes needs for what it
+    offers: ``weight_bytes`` (the caller's count of the weights as read and their float32
+    working copies), the float64 head weights of every layer (:meth:`Checkpoint.head_weights`
+    caches them), float64 embeddings, one c×c form with its spectra (:meth:`Checkpoint.qk_form`)
+    and the (L, H, T, T) attention of one sequence of n_ctx tokens, float32 and its float64
+    copy, with one layer's scores (:meth:`Checkpoint.attention`)."""
+    L, H, d, c, T, V = num_layers, num_heads, head_dim, d_model, n_ctx, vocab_size
+    per_layer = H * c * c if attention_kind == "quadratic" else 2 * H * c * d  # U, or W_q/W_k, P/M
+    return {
+        "the weights as read and as float32": weight_bytes,
+        f"float64 head weights of {L} layers": 8 * L * per_layer,
+        "float64 token and position embeddings": 8 * (V + T) * c,
+        f"one {c}×{c} bilinear form and its spectra in float64": 8 * 8 * c * c,
+        f"the ({L}, {H}, {T}, {T}) attention of a {T}-token sequence": 12 * L * H * T * T
+        + 16 * H * T * T,
+    }
+
+
+def memory_limit() -> tuple[int, str]:
+    """The bytes a checkpoint may need, and where that number comes from: the environment
+    variable :data:`MEMORY_LIMIT_ENV` when set, else the machine's physical memory."""
+    text = os.environ.get(MEMORY_LIMIT_ENV, "").strip()
+    if text:
+        if not text.isdigit():
+            raise ValueError(f"{MEMORY_LIMIT_ENV} must be a number of bytes, got {text!r}")
+        return int(text), f"{MEMORY_LIMIT_ENV}={text}"
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): no limit known
+        return 2**63, "no known memory size"
+    return total, f"this machine's physical memory; set {MEMORY_LIMIT_ENV}=BYTES to change it"
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
+def check_memory(where: object, **sizes: Any) -> None:
+    """Refuse (:class:`CheckpointError` naming ``where``, the bytes needed, the largest part and
+    the limit) a checkpoint whose computations (:func:`memory_needed`, with ``sizes`` its
+    arguments) cannot fit in :func:`memory_limit` — better now than a raw allocator error in the
+    middle of :meth:`Checkpoint.attention`."""
+    parts = memory_needed(**sizes)
+    need = sum(parts.values())
+    limit, source = memory_limit()
+    if need > limit:
+        what, most = max(parts.items(), key=lambda item: item[1])
+        raise CheckpointError(
+            f"{where}: what this checkpoint offers needs about {need} bytes ({_gib(need)}; the "
+            f"largest part, {what}, {most} bytes), more than the limit of {limit} bytes "
+            f"({_gib(limit)}, {source}); the config's sizes may be corrupt"
+        )
+
+
 class Checkpoint(ABC):
     """One trained model's attention, weights and vocabulary, numpy float64 out.
 
@@ -228,6 +355,20 @@ class Checkpoint(ABC):
     @abstractmethod
     def _vocabulary(self) -> tuple[list[str], Callable[[str], list[int]]]:
         """The tokens (index = id) and a function text → ids."""
+
+    def _check_memory(self, weight_bytes: int) -> None:
+        """:func:`check_memory` for this checkpoint's sizes."""
+        check_memory(
+            self.path,
+            attention_kind=self.attention_kind,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            head_dim=self.head_dim,
+            d_model=self.d_model,
+            n_ctx=self.n_ctx,
+            vocab_size=self.vocab_size,
+            weight_bytes=weight_bytes,
+        )
 
     def _cached(self, key: str, build: Callable[[], Any]) -> Any:
         """``build()`` once per Checkpoint (thread-safe)."""
@@ -354,8 +495,10 @@ class Checkpoint(ABC):
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, a 5000-digit int, deep nesting
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from None
 
 
 def _is_run_checkpoint(directory: Path) -> bool:

@@ -2,7 +2,11 @@
 :class:`models.gpt.GPT`.
 
 The checkpoint is read with :func:`models.checkpoint.read_checkpoint` (every file checked
-against its sha256) and the GPT rebuilt from the stored config. :meth:`attention` runs the GPT's
+against its sha256, the safetensors header against the file) and the GPT rebuilt from the stored
+config — after the config's sizes are checked against the stored tensors (a wrong dimension
+names its key) and what the checkpoint computes against the memory limit
+(:func:`models.heads.checkpoint.check_memory`), so a lying config cannot make the rebuild
+allocate what the file does not back. :meth:`attention` runs the GPT's
 own forward pass; a pre-hook on each block's attention module captures the module's input x, and
 :func:`attention_probs` recomputes from x and the module's weights the probabilities the module
 uses — the dense reference path of :mod:`models.attention` (scores, the layer's causal and sparse
@@ -20,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
 from flowgraph.models.attention import DotProductAttention, MetricAttention, QuadraticAttention
 from flowgraph.models.checkpoint import (
     CheckpointError,
@@ -30,13 +36,14 @@ from flowgraph.models.gpt import GPT, GPTConfig
 from flowgraph.models.heads.checkpoint import (
     Checkpoint,
     char_tokenize,
+    check_memory,
     id_tokens,
     linear_per_head,
     split_tokenize,
 )
+from flowgraph.models.heads.safe_load import Dim, TensorStore, check_tensors
 from flowgraph.models.heads.weights import HeadWeights
 from flowgraph.models.tasks import make_task
-from torch import nn
 
 __all__ = ["FlowgraphRun", "attention_probs", "load_flowgraph_run", "masked_softmax"]
 
@@ -187,15 +194,64 @@ class FlowgraphRun(Checkpoint):
         return tokens, lambda text: split_tokenize(text, tokens)
 
 
+def _check_sizes(config: GPTConfig, state: dict[str, torch.Tensor], ckpt_dir: Path) -> None:
+    """The config's sizes against the stored tensors, and the memory the checkpoint needs, before
+    the GPT is built (its constructor allocates whatever the config says)."""
+    c, H = Dim(config.d_model, "d_model"), Dim(config.n_head, "n_head")
+    L, d = config.n_layer, config.d_model // config.n_head
+    expected: dict[str, tuple[int, ...]] = {
+        "wte.weight": (Dim(config.vocab_size, "vocab_size"), c),
+        "wpe.weight": (Dim(config.n_ctx, "n_ctx"), c),
+        "ln_f.weight": (c,),
+        f"blocks.{L - 1}.ln_1.weight": (c,),  # the last of n_layer blocks
+    }
+    attn = "blocks.0.attn."
+    if config.attention == "metric" and config.metric == "psd":
+        expected[attn + "c_p.weight"] = (c, c)
+        k = Dim(d, "d_model/n_head")
+        expected[attn + "s_hkk"] = (H, k, k)
+    elif config.attention == "metric":
+        expected[attn + "c_p.weight"] = (c, c)
+        expected[attn + "m_packed_hl"] = (H, Dim(d * (d + 1) // 2, "k(k+1)/2, k = d_model/n_head"))
+    elif config.attention == "quadratic":
+        expected[attn + "u_hcc"] = (H, c, c)
+    else:
+        expected[attn + "c_attn.weight"] = (Dim(3 * c, "3·d_model"), c)
+    check_tensors(
+        TensorStore.from_state(state, ckpt_dir / "model.safetensors"),
+        expected,
+        config=f"{ckpt_dir / 'config.json'} (model)",
+    )
+    stored = sum(t.numel() for t in state.values())
+    check_memory(
+        ckpt_dir,
+        attention_kind={"metric": "metric", "quadratic": "quadratic"}.get(config.attention, "dot"),
+        num_layers=L,
+        num_heads=config.n_head,
+        head_dim=d,
+        d_model=config.d_model,
+        n_ctx=config.n_ctx,
+        vocab_size=config.vocab_size,
+        weight_bytes=2 * 4 * stored,  # the tensors as read, and the GPT's float32 parameters
+    )
+
+
 def load_flowgraph_run(path: Path, *, name: str) -> FlowgraphRun:
     """The run checkpoint directory ``path`` (or the copy an interrupted save left aside)."""
     ckpt = read_checkpoint(path, trainer=False)  # the optimizer state (a pickle) is never read
     config_file = ckpt.path / "config.json"
+    model = ckpt.config.get("model")
+    if not isinstance(model, dict):
+        raise CheckpointError(f"{config_file}: no usable model config ('model' is not an object)")
     try:
-        model_config = GPTConfig.from_dict(dict(ckpt.config["model"]))
+        model_config = GPTConfig.from_dict(dict(model))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{config_file}: no usable model config ({exc})") from None
-    model = GPT(model_config)
+    _check_sizes(model_config, ckpt.model_state, ckpt.path)
+    try:
+        model = GPT(model_config)
+    except (TypeError, ValueError) as exc:  # the pattern's arguments, checked when it is built
+        raise CheckpointError(f"{config_file}: no usable model config ({exc})") from None
     try:
         load_model_state(model, ckpt.model_state)
     except CheckpointError as exc:

@@ -6,6 +6,13 @@ sharded ``*.index.json``. Tensor names may carry a head model's prefix (``bert.`
 ``transformer.``) and old BERT files' LayerNorm ``gamma``/``beta``; tensors other than the
 encoder's/decoder's (pooler, LM heads) are ignored.
 
+``config.json`` is untrusted: every size must be an int in [1, 2³¹ − 1] (named with its value
+when not), booleans true/false, epsilons finite and positive; each tensor the model uses must be
+a real float tensor of the shape the config gives (a wrong dimension names its key), the last
+layer's tensors must exist before the layers are listed, and what the checkpoint computes must
+fit in memory (:func:`models.heads.checkpoint.check_memory`). Shard names in an index are plain
+file names beside it.
+
 The forward passes are written here from the state dict, each layer's softmax kept:
 
 - BERT family (post-LayerNorm encoder): embeddings = word + position + token type 0 (what
@@ -35,16 +42,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from flowgraph.models.checkpoint import CheckpointError
 from flowgraph.models.heads.checkpoint import (
     Checkpoint,
+    config_bool,
+    config_float,
+    config_int,
     dot_attention_sizes,
     fused_qkv_weights,
     id_tokens,
     linear_per_head,
     split_tokenize,
 )
-from flowgraph.models.heads.safe_load import TensorStore, check_shapes
+from flowgraph.models.heads.safe_load import Dim, TensorStore, check_tensors
 from flowgraph.models.heads.weights import HeadWeights
 
 __all__ = [
@@ -87,8 +98,14 @@ def _weight_files(directory: Path) -> list[Path]:
         try:
             weight_map = json.loads(file.read_text(encoding="utf-8"))["weight_map"]
             shards = sorted(set(weight_map.values()))
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        except (ValueError, RecursionError, KeyError, TypeError, AttributeError):
             raise CheckpointError(f"{file}: not a shard index (no weight_map)") from None
+        bad = [s for s in shards if not _is_shard_name(s, name)]
+        if bad:
+            raise CheckpointError(
+                f"{file}: shard {bad[0]!r} is not a file name beside the index ending in "
+                f"{_shard_suffix(name)}"
+            )
         missing = [s for s in shards if not (directory / s).is_file()]
         if missing:
             raise CheckpointError(f"{file} lists shards that are missing: {', '.join(missing)}")
@@ -98,16 +115,36 @@ def _weight_files(directory: Path) -> list[Path]:
     )
 
 
-def _config_int(config: Mapping[str, Any], key: str, file: Path, default: int | None = None) -> int:
-    value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise CheckpointError(f"{file}: {key} must be an int ≥ 1, got {value!r}")
-    return value
+def _shard_suffix(index_name: str) -> str:
+    return ".safetensors" if index_name.startswith("model.safetensors") else ".bin"
+
+
+def _is_shard_name(shard: object, index_name: str) -> bool:
+    """A plain file name in the index's directory (no path, no ``..``), of the index's format."""
+    return (
+        isinstance(shard, str)
+        and "/" not in shard
+        and "\\" not in shard
+        and shard not in ("", ".", "..")
+        and shard.endswith(_shard_suffix(index_name))
+    )
+
+
+def _require_layers(
+    store: TensorStore, names: dict[str, str], last: str, key: str, L: int, file: Path
+) -> None:
+    """The tensor ``last`` of the config's last layer exists (before ``L`` layers of names are
+    listed: a config claiming 10⁹ layers is refused at once)."""
+    if names.get(last, last) not in store:
+        raise CheckpointError(
+            f"tensor {last} missing from {store.where()}: {file} says {key}={L}, so layer {L - 1} "
+            "should exist"
+        )
 
 
 def _activation(config: Mapping[str, Any], key: str, default: str, file: Path) -> Callable:
     name = config.get(key, default)
-    if name not in ACTIVATIONS:
+    if not isinstance(name, str) or name not in ACTIVATIONS:
         raise CheckpointError(
             f"{file}: {key}={name!r} is not supported; supported: {', '.join(ACTIVATIONS)}"
         )
@@ -142,8 +179,12 @@ class _HFCheckpoint(Checkpoint):
         super().__init__(path, name=path.name, **sizes)
         self.store, self._names = store, names
 
-    def _check(self, expected: dict[str, tuple[int, ...]]) -> None:
-        check_shapes(self.store, {self._names.get(k, k): shape for k, shape in expected.items()})
+    def _check(self, expected: dict[str, tuple[int, ...]], config: Path) -> None:
+        """The tensors' names, shapes and dtypes, then whether the computations fit in memory."""
+        stored = {self._names.get(k, k): shape for k, shape in expected.items()}
+        check_tensors(self.store, stored, config=str(config))
+        used = sum(math.prod(shape) for shape in stored.values())
+        self._check_memory(self.store.nbytes() + 4 * used)
 
     def _tensor(self, name: str) -> torch.Tensor:
         """The tensor ``name`` (canonical) as float32, read once."""
@@ -166,12 +207,12 @@ class BertCheckpoint(_HFCheckpoint):
     def __init__(self, path: Path, config: Mapping[str, Any], store: TensorStore) -> None:
         file = path / "config.json"
         # absent keys take transformers' BertConfig defaults, as from_pretrained builds the model
-        c = _config_int(config, "hidden_size", file, 768)
-        H = _config_int(config, "num_attention_heads", file, 12)
-        L = _config_int(config, "num_hidden_layers", file, 12)
-        V = _config_int(config, "vocab_size", file, 30522)
-        P = _config_int(config, "max_position_embeddings", file, 512)
-        I = _config_int(config, "intermediate_size", file, 3072)  # noqa: E741 (transformers')
+        c = Dim(config_int(config, "hidden_size", file, 768), "hidden_size")
+        H = config_int(config, "num_attention_heads", file, 12)
+        L = config_int(config, "num_hidden_layers", file, 12)
+        V = Dim(config_int(config, "vocab_size", file, 30522), "vocab_size")
+        P = Dim(config_int(config, "max_position_embeddings", file, 512), "max_position_embeddings")
+        I = Dim(config_int(config, "intermediate_size", file, 3072), "intermediate_size")  # noqa: E741
         if c % H:
             raise CheckpointError(f"{file}: hidden_size={c} is not a multiple of heads={H}")
         kind = config.get("position_embedding_type", "absolute") or "absolute"
@@ -181,16 +222,33 @@ class BertCheckpoint(_HFCheckpoint):
             )
         self.roberta = MODEL_TYPES[config["model_type"]] == "roberta"
         # transformers' RoBERTa numbers positions from padding_idx + 1
-        self.padding_idx = int(config.get("pad_token_id", 1) or 0) if self.roberta else None
+        pad = config.get("pad_token_id", 1)
+        self.padding_idx = (
+            config_int({"pad_token_id": pad or 0}, "pad_token_id", file, minimum=0)
+            if self.roberta
+            else None
+        )
         offset = self.padding_idx + 1 if self.padding_idx is not None else 0
         if P - offset < 1:
             raise CheckpointError(f"{file}: max_position_embeddings={P} leaves no positions")
-        self.type_vocab = int(config.get("type_vocab_size", 2) or 0)
-        self.eps = float(config.get("layer_norm_eps", 1e-12))
+        types = config.get("type_vocab_size", 2)
+        self.type_vocab = Dim(
+            config_int({"type_vocab_size": types or 0}, "type_vocab_size", file, minimum=0),
+            "type_vocab_size",
+        )
+        self.eps = config_float(config, "layer_norm_eps", file, 1e-12)
         self.act = _activation(config, "hidden_act", "gelu", file)
         names = _resolve_names(store, "embeddings.word_embeddings.weight", rename_gamma_beta=True)
+        _require_layers(
+            store,
+            names,
+            f"encoder.layer.{L - 1}.attention.self.query.weight",
+            "num_hidden_layers",
+            L,
+            file,
+        )
         # BertLMHeadModel / RobertaForCausalLM: transformers masks the self-attention causally
-        causal = bool(config.get("is_decoder", False))
+        causal = config_bool(config, "is_decoder", file, False)
         sizes = dot_attention_sizes(
             layers=L, heads=H, width=c, n_ctx=P - offset, vocab=V, causal=causal
         )
@@ -217,7 +275,7 @@ class BertCheckpoint(_HFCheckpoint):
                 expected[pre + part + ".bias"] = shape[:1]
             for part in ("attention.output.LayerNorm", "output.LayerNorm"):
                 expected[pre + part + ".weight"] = expected[pre + part + ".bias"] = (c,)
-        self._check(expected)
+        self._check(expected, file)
 
     def position_ids(self, ids_t: torch.Tensor) -> torch.Tensor:
         """The position id of each token, as transformers computes it without padding input."""
@@ -344,27 +402,32 @@ class GPT2Checkpoint(_HFCheckpoint):
 
     def __init__(self, path: Path, config: Mapping[str, Any], store: TensorStore) -> None:
         file = path / "config.json"
-        c = _config_int(config, "n_embd", file, 768)
-        H = _config_int(config, "n_head", file, 12)
-        L = _config_int(config, "n_layer", file, 12)
-        V = _config_int(config, "vocab_size", file, 50257)
-        P = _config_int(config, "n_positions", file, 1024)
-        inner = config.get("n_inner")
-        I = _config_int(config, "n_inner", file) if inner is not None else 4 * c  # noqa: E741
+        c = Dim(config_int(config, "n_embd", file, 768), "n_embd")
+        H = config_int(config, "n_head", file, 12)
+        L = config_int(config, "n_layer", file, 12)
+        V = Dim(config_int(config, "vocab_size", file, 50257), "vocab_size")
+        P = Dim(config_int(config, "n_positions", file, 1024), "n_positions")
+        if config.get("n_inner") is not None:
+            I = Dim(config_int(config, "n_inner", file), "n_inner")  # noqa: E741
+        else:
+            I = Dim(4 * c, "4·n_embd (n_inner is null)")  # noqa: E741
         if c % H:
             raise CheckpointError(f"{file}: n_embd={c} is not a multiple of n_head={H}")
-        self.eps = float(config.get("layer_norm_epsilon", 1e-5))
+        self.eps = config_float(config, "layer_norm_epsilon", file, 1e-5)
         self.act = _activation(config, "activation_function", "gelu_new", file)
-        base = 1.0 / math.sqrt(c // H) if config.get("scale_attn_weights", True) else 1.0
-        by_layer = bool(config.get("scale_attn_by_inverse_layer_idx", False))
-        self.scales = [base / (i + 1) if by_layer else base for i in range(L)]
+        scaled = config_bool(config, "scale_attn_weights", file, True)
+        base = 1.0 / math.sqrt(c // H) if scaled else 1.0
+        by_layer = config_bool(config, "scale_attn_by_inverse_layer_idx", file, False)
         names = _resolve_names(store, "wte.weight", rename_gamma_beta=False)
+        _require_layers(store, names, f"h.{L - 1}.attn.c_attn.weight", "n_layer", L, file)
+        self.scales = [base / (i + 1) if by_layer else base for i in range(L)]
         sizes = dot_attention_sizes(layers=L, heads=H, width=c, n_ctx=P, vocab=V, causal=True)
         super().__init__(path, store, names, **sizes)
+        c3 = Dim(3 * c, "3·n_embd")
         expected = {"wte.weight": (V, c), "wpe.weight": (P, c)}
         for i in range(L):
             for part, shape in (
-                ("attn.c_attn", (c, 3 * c)),
+                ("attn.c_attn", (c, c3)),
                 ("attn.c_proj", (c, c)),
                 ("mlp.c_fc", (c, I)),
                 ("mlp.c_proj", (I, c)),
@@ -373,7 +436,7 @@ class GPT2Checkpoint(_HFCheckpoint):
                 expected[f"h.{i}.{part}.bias"] = shape[1:]
             for part in ("ln_1", "ln_2"):
                 expected[f"h.{i}.{part}.weight"] = expected[f"h.{i}.{part}.bias"] = (c,)
-        self._check(expected)
+        self._check(expected, file)
 
     def _layers(self) -> list[DecoderLayer]:
         def conv(name: str) -> tuple[torch.Tensor, torch.Tensor]:  # Conv1D (in, out) → Linear
@@ -445,7 +508,7 @@ def hf_vocabulary(directory: Path, vocab_size: int) -> tuple[list[str], Callable
                 lower = bool(
                     json.loads(options.read_text(encoding="utf-8")).get("do_lower_case", True)
                 )
-            except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            except (ValueError, RecursionError, AttributeError):
                 raise CheckpointError(f"{options}: not valid JSON") from None
         tokenizer = BertWordPieceTokenizer(str(directory / "vocab.txt"), lowercase=lower)
     elif (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
@@ -471,7 +534,7 @@ def load_hf(path: Path, config: Any) -> Checkpoint:
     if not isinstance(config, dict):
         raise CheckpointError(f"{file}: expected a JSON object, got {type(config).__name__}")
     model_type = config.get("model_type")
-    if model_type not in MODEL_TYPES:
+    if not isinstance(model_type, str) or model_type not in MODEL_TYPES:
         raise CheckpointError(
             f"{file}: model_type={model_type!r} is not supported; supported: "
             f"{', '.join(MODEL_TYPES)} (BERT family: BertModel/RobertaModel layout; GPT-2)"

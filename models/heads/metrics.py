@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flowgraph.models.heads.weights import HeadWeights
 from scipy.spatial.distance import cdist
 
 from flowgraph import Pattern
+from flowgraph.models.heads.weights import HeadWeights
 
 __all__ = ["MODES", "SPACES", "QKForm", "coverage", "qk_form", "token_distances"]
 

@@ -3,12 +3,15 @@
 The file is a dict with ``model`` (the GPT's state dict; names may start with ``_orig_mod.``,
 what ``torch.compile`` puts in front) and ``model_args`` (``n_layer``, ``n_head``, ``n_embd``,
 ``block_size``, ``bias``, ``vocab_size``), besides the optimizer state and the training config.
-It is read with ``torch.load(weights_only=True)`` (:mod:`models.heads.safe_load`).
+It is read with ``torch.load(weights_only=True)`` after a static scan of its pickle
+(:mod:`models.heads.safe_load`); ``model_args`` sizes must be ints in [1, 2³¹ − 1], and every
+tensor must be a dense float tensor of the shape they give (a wrong dimension names its key).
 
 The vocabulary is ``meta.pkl`` beside the file when there is one (``prepare.py`` of the
-character-level datasets writes ``{"vocab_size", "itos", "stoi"}``; read with an unpickler that
-builds only builtin dicts, lists, strings and numbers): :meth:`tokenize` then maps each
-character through ``stoi``. Without it the tokens are ``str(id)`` and text is read as ids.
+character-level datasets writes ``{"vocab_size", "itos", "stoi"}``; read, after the same scan,
+with an unpickler that builds only builtin dicts, lists, strings and numbers): :meth:`tokenize`
+then maps each character through ``stoi``. Without it the tokens are ``str(id)`` and text is
+read as ids.
 
 The forward pass is nanoGPT's, written here from the state dict (:func:`models.heads.hf.
 decoder_attention`): token + position embeddings, pre-LayerNorm blocks (eps 1e-5, biases
@@ -24,10 +27,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
 from flowgraph.models.checkpoint import CheckpointError
 from flowgraph.models.heads.checkpoint import (
     Checkpoint,
     char_tokenize,
+    config_bool,
+    config_int,
     dot_attention_sizes,
     fused_qkv_weights,
     id_tokens,
@@ -35,8 +41,9 @@ from flowgraph.models.heads.checkpoint import (
 )
 from flowgraph.models.heads.hf import DecoderLayer, decoder_attention
 from flowgraph.models.heads.safe_load import (
+    Dim,
     TensorStore,
-    check_shapes,
+    check_tensors,
     load_plain_pickle,
     load_weights_only,
 )
@@ -48,11 +55,8 @@ COMPILED_PREFIX = "_orig_mod."  # torch.compile's wrapper names its module's ten
 _EPS = 1e-5  # nanoGPT's LayerNorm
 
 
-def _arg(args: Mapping[str, Any], key: str, file: Path) -> int:
-    value = args.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise CheckpointError(f"{file}: model_args[{key!r}] must be an int ≥ 1, got {value!r}")
-    return value
+def _arg(args: Mapping[str, Any], key: str, file: Path) -> Dim:
+    return Dim(config_int(args, key, file, name=f"model_args[{key!r}]"), key)
 
 
 class NanoGPTCheckpoint(Checkpoint):
@@ -66,25 +70,34 @@ class NanoGPTCheckpoint(Checkpoint):
         P = _arg(args, "block_size", path)
         if c % H:
             raise CheckpointError(f"{path}: n_embd={c} is not a multiple of n_head={H}")
+        last = f"transformer.h.{L - 1}.attn.c_attn.weight"
+        if last not in store:
+            raise CheckpointError(
+                f"tensor {last} missing from {path}: model_args['n_layer']={L}, so layer {L - 1} "
+                "should exist"
+            )
         sizes = dot_attention_sizes(layers=L, heads=H, width=c, n_ctx=P, vocab=V, causal=True)
         super().__init__(path, name=name, **sizes)
         self.store = store
-        self.bias = bool(args.get("bias", "transformer.h.0.ln_1.bias" in store))
+        self.bias = config_bool(args, "bias", path, "transformer.h.0.ln_1.bias" in store)
+        c3, c4 = Dim(3 * c, "3·n_embd"), Dim(4 * c, "4·n_embd")
         expected = {"transformer.wte.weight": (V, c), "transformer.wpe.weight": (P, c)}
         for i in range(L):
             pre = f"transformer.h.{i}."
             for part, shape in (
                 ("ln_1", (c,)),
                 ("ln_2", (c,)),
-                ("attn.c_attn", (3 * c, c)),
+                ("attn.c_attn", (c3, c)),
                 ("attn.c_proj", (c, c)),
-                ("mlp.c_fc", (4 * c, c)),
-                ("mlp.c_proj", (c, 4 * c)),
+                ("mlp.c_fc", (c4, c)),
+                ("mlp.c_proj", (c, c4)),
             ):
                 expected[pre + part + ".weight"] = shape
                 if self.bias:
                     expected[pre + part + ".bias"] = shape[:1]
-        check_shapes(store, expected)
+        check_tensors(store, expected, config=f"{path}'s model_args")
+        used = sum(math.prod(shape) for shape in expected.values())
+        self._check_memory(store.nbytes() + 4 * used)
 
     def _tensor(self, name: str) -> torch.Tensor:
         def build() -> torch.Tensor:
@@ -174,6 +187,9 @@ def load_nanogpt(path: Path, *, name: str | None = None) -> NanoGPTCheckpoint:
     state, args = data["model"], data["model_args"]
     if not isinstance(state, Mapping) or not isinstance(args, Mapping):
         raise CheckpointError(f"{path}: 'model' and 'model_args' must be dicts")
+    bad = next((k for k in state if not isinstance(k, str)), None)
+    if bad is not None:
+        raise CheckpointError(f"{path}: 'model' has a key {bad!r} that is not a tensor name")
     state = {
         (k[len(COMPILED_PREFIX) :] if k.startswith(COMPILED_PREFIX) else k): v
         for k, v in state.items()

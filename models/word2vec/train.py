@@ -16,10 +16,11 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+
 from flowgraph.models.word2vec.corpus import as_corpus, encode_chunks
 from flowgraph.models.word2vec.vectors import WordVectors
 from flowgraph.models.word2vec.vocab import Vocab, build_vocab, check_sample
-from tqdm.auto import tqdm
 
 __all__ = ["train_word2vec"]
 
@@ -183,6 +184,7 @@ def _train_numba(
     total: int, chunk_words: int, workers: int, deterministic: bool,
 ) -> None:  # fmt: skip
     import numba
+
     from flowgraph.models.word2vec import _cpu  # numba compiles (or loads its cache) on first use
 
     numba.set_num_threads(min(workers, numba.config.NUMBA_NUM_THREADS))

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from flowgraph.models._atomic import fsync_path
 from safetensors.numpy import load_file, save_file
+
+from flowgraph.models._atomic import fsync_path
 
 __all__ = ["WordNotInVocabularyError", "WordVectors"]
 

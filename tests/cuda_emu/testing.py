@@ -10,6 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
+
 from flowgraph.gpu._launch_common import KERNEL_SUFFIX
 
 __all__ = ["SUFFIX", "mask_case", "needs_cxx"]

@@ -8,8 +8,9 @@ import io
 
 import pytest
 import torch
-from flowgraph.models.embedding import PartiallyFrozenEmbedding, remap
 from torch import nn
+
+from flowgraph.models.embedding import PartiallyFrozenEmbedding, remap
 
 V, D = 2000, 16
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 import gc
 import math
 
-import flowgraph.gpu._metric_cuda as metric_cuda
 import numpy as np
 import pytest
 import torch
+
+import flowgraph.gpu._metric_cuda as metric_cuda
+from flowgraph import gpu
 from flowgraph.gpu.mask import SparseMask
 from flowgraph.gpu.metric import metric_attention_reference, packed_size
-
-from flowgraph import gpu
 
 # poisoned outputs, a count of the calls (the `poisoned` fixture), the skips: tests/gpu/conftest.py
 KERNEL_ENTRY = (metric_cuda, "metric_attention_cuda")

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import gc
 
-import flowgraph.gpu._sparse_cuda as sparse_cuda
 import numpy as np
 import pytest
 import torch
-from flowgraph.gpu.mask import SparseMask
-from flowgraph.gpu.reference import sparse_attention_reference
 
 import flowgraph as fg
+import flowgraph.gpu._sparse_cuda as sparse_cuda
 from flowgraph import gpu
+from flowgraph.gpu.mask import SparseMask
+from flowgraph.gpu.reference import sparse_attention_reference
 
 # poisoned outputs, a count of the calls (the `poisoned` fixture), the skips: tests/gpu/conftest.py
 KERNEL_ENTRY = (sparse_cuda, "sparse_attention")
