@@ -35,7 +35,7 @@ from dash.development.base_component import Component
 from flowgraph.app.dashboard import create_app, limits
 from flowgraph.app.dashboard.app import MAX_REQUEST_BYTES, PAGES
 from flowgraph.app.dashboard.state import STATE_KEY, Prefetcher
-from flowgraph.app.dashboard.wire import UPDATE_PATH
+from flowgraph.app.dashboard.wire import DASH_INPUTS, UPDATE_PATH
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -116,15 +116,14 @@ def app(roots, watch):
 
 
 @pytest.fixture
-def client(app, watch, caplog):
+def client(app, watch, roots, caplog):
     """A test client; afterwards nothing was read outside the roots and no callback failed
     with an internal error (logged at ERROR by the pages' guard, or by Flask for a 500)."""
     watch.active = True
     caplog.set_level(logging.WARNING)
     yield app.server.test_client()
     watch.active = False
-    outside = app.server.config[STATE_KEY].checkpoint_roots[0].real.parent / "outside"
-    assert watch.under(outside) == [], "the server opened files outside its roots"
+    assert watch.under(roots["outside"]) == [], "the server opened files outside its roots"
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
 
@@ -284,6 +283,24 @@ def test_a_path_inside_the_roots_opens(app, client, defaults):
     assert "40 vectors of dimension 8" in _shown(_post(client, body))
 
 
+def test_the_watch_sees_the_files_read(app, watch, roots):
+    # the oracle of "never read outside the roots" must see a read when there is one
+    secret = roots["outside"] / "secret-run" / "checkpoint" / "config.json"
+    watch.active = True
+    try:
+        secret.read_text()
+        app.server.config[STATE_KEY].checkpoints._data.clear()  # the next open loads again
+        client = app.server.test_client()
+        values = {**_layout_values(app), "heads-open.n_clicks": 1, "heads-path.value": "tiny-sdpa"}
+        assert "opened" in _shown(_post(client, _body(app, "heads-path-message.children", values)))
+    finally:
+        watch.active = False
+    assert watch.under(roots["outside"]) == [str(secret)]
+    assert watch.under(roots["runs"] / "tiny-sdpa")  # the loader was handed the checkpoint
+    with watch.lock:
+        watch.opened.clear()
+
+
 def test_open_by_path_keeps_no_forged_options(app, client, defaults, roots):
     # the page sends the dropdown's options back; a forged list was echoed into both dropdowns
     # (or failed as "string indices must be integers")
@@ -359,14 +376,7 @@ def test_wrong_types_for_every_input_of_every_callback(app, client, defaults):
             prop = f"{item['id']}.{item['property']}"
             for junk in JUNK:
                 answer = _post(client, _body(app, output, {**defaults, prop: junk}))
-                refused = not (junk is None or isinstance(junk, str) and junk.startswith("/"))
-                if (
-                    prop == "_pages_location.pathname"
-                    and refused
-                    or (
-                        prop == "_pages_location.search" and not isinstance(junk, (str, type(None)))
-                    )
-                ):
+                if prop in DASH_INPUTS and not DASH_INPUTS[prop][1](junk):
                     assert answer.status_code == 400, (prop, junk, answer.data[:200])
                     assert prop in answer.get_json()["error"]
                     continue
@@ -383,6 +393,21 @@ def test_a_checkpoint_switch_leaves_valid_radio_values_alone(app, client, defaul
     values["heads-layer.value"] = 7  # not a layer of the new checkpoint: reset
     shown = json.loads(_shown(_post(client, _body(app, "heads-info.children", values))))["response"]
     assert shown["heads-layer"]["value"] == 0
+
+
+def test_a_pattern_switch_leaves_a_valid_direction_alone(app, client, defaults):
+    # the same write-back on the Patterns page: a direction clicked while the answer to a
+    # pattern change was on its way was undone
+    for name, direction, expected in (
+        ("strided", "bidirectional", None),
+        ("strided", "causal", None),
+        ("ltr", "causal", "bidirectional"),  # bidirectional only: the causal choice is locked
+        ("strided", ["x"], "causal"),
+    ):
+        values = {**defaults, "patterns-name.value": name, "patterns-direction.value": direction}
+        body = _body(app, "patterns-direction.value", values)
+        shown = json.loads(_shown(_post(client, body)))["response"]["patterns-direction"]
+        assert shown.get("value") == expected, (name, direction, shown)
 
 
 # --- malformed bodies ---------------------------------------------------------------------------
@@ -575,3 +600,17 @@ def test_200_requests_at_once_on_a_real_server(app, defaults, roots, tmp_path):
         print(f"\n{CONCURRENT} requests in {took:.1f} s; server RSS {mb[0]:.0f} → {mb[1]:.0f} MB")
     text = log.read_text()
     assert "Traceback" not in text and "ERROR" not in text, text[-2000:]
+
+
+def test_the_value_checks_name_the_control_and_what_was_expected():
+    assert limits.check_choice("space", "head", ("model", "head")) == "head"
+    with pytest.raises(ValueError, match=r"space must be one of model, head, got \['head'\]"):
+        limits.check_choice("space", ["head"], ("model", "head"))
+    assert limits.check_flags("flow", None, ("flow",)) == []
+    with pytest.raises(TypeError, match="flow must be a list of flow, got 'flow'"):
+        limits.check_flags("flow", "flow", ("flow",))
+    with pytest.raises(ValueError, match="flow: 'x' is not one of flow"):
+        limits.check_flags("flow", ["flow", "x"], ("flow",))
+    assert limits.check_scalar("n", 2.5) == 2.5
+    with pytest.raises(TypeError, match=r"n must be a number or text, got list \[64\]"):
+        limits.check_scalar("n", [64])
