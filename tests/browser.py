@@ -149,12 +149,17 @@ def serve_dashboard_process(
         url = _wait_for_url(proc, log_path, port)
         yield url, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """Terminate a server started by a test; kill it when it does not exit within 20 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _wait_for_url(proc: subprocess.Popen[bytes], log_path: Path, port: int) -> str:

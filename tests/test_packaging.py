@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tomllib
-from browser import CHROMIUM_ARGS, STEP_TIMEOUT_MS, free_port, require_browser
+from browser import CHROMIUM_ARGS, STEP_TIMEOUT_MS, free_port, require_browser, stop_process
 
 import flowgraph as fg
 
@@ -259,10 +259,5 @@ def test_the_dashboard_serves_its_assets_and_takes_an_upload(fresh, tmp_path):
             )
             browser.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
     _no_user_package_was_imported(fresh)
