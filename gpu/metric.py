@@ -118,7 +118,7 @@ def pack_symmetric(m_hkk: torch.Tensor, *, atol: float | None = None) -> torch.T
         bad = int((~torch.isfinite(detached)).sum())
         if bad:
             raise ValueError(
-                f"m_hkk must be symmetric with finite entries, got {bad} NaN or inf entries"
+                f"m_hkk must be symmetric with finite entries, got {bad} nan or inf entries"
             )
         asym = float((detached - detached.mT).abs().max())
         if atol is None:
