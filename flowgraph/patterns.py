@@ -293,7 +293,7 @@ def from_masks(
     elif isinstance(masks, Sequence) and not isinstance(masks, (str, bytes)):
         steps = list(masks)
         if steps and not sp.issparse(steps[0]) and np.ndim(steps[0]) == 1:
-            steps = [np.asarray(masks)]  # a nested list that is one (n, n) mask
+            steps = [_as_mask(masks, 0)]  # a nested list that is one (n, n) mask
     else:
         raise TypeError(
             "masks must be an array, a scipy sparse matrix or a sequence of them, "

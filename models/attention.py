@@ -28,13 +28,15 @@ Dropout applies to the output projection only, so every path computes the same f
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flowgraph import Pattern, gpu
+from flowgraph import Pattern, _validate, gpu
+from flowgraph.gpu.reference import check_finite, softmax_limit
 
 __all__ = [
     "ATTENTIONS",
@@ -92,11 +94,50 @@ def masked_attention(
     s_bhnn = (q_bhnd @ k_bhnd.transpose(-1, -2)) * scale
     if mask_bhnn is not None:
         s_bhnn = s_bhnn.masked_fill(~mask_bhnn, -math.inf)
+    s_bhnn = softmax_limit(s_bhnn)  # an overflowed score (+inf) takes the weight, not NaN
     m_bhn1 = s_bhnn.amax(-1, keepdim=True).detach()
     m_bhn1 = torch.where(torch.isfinite(m_bhn1), m_bhn1, 0.0)
     w_bhnn = torch.exp(s_bhnn - m_bhn1)
     total_bhn1 = w_bhnn.sum(-1, keepdim=True)
     return (w_bhnn @ v_bhne) / torch.where(total_bhn1 > 0, total_bhn1, 1.0)
+
+
+def _positive(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an int ≥ 1, got {name}={value!r}")
+    return int(value)
+
+
+def _check_sizes(d_model: object, n_head: object, n_ctx: object) -> None:
+    for name, value in (("d_model", d_model), ("n_head", n_head), ("n_ctx", n_ctx)):
+        _positive(name, value)
+
+
+def _check_options(causal: object, layer: object, dropout: object, pattern_mode: object) -> None:
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be True or False, got {causal!r}")
+    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or layer < 0:
+        raise ValueError(f"layer must be an int ≥ 0, got layer={layer!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
+        raise TypeError(f"dropout must be a number in [0, 1), got dropout={dropout!r}")
+    if not 0.0 <= dropout < 1.0:  # also refuses NaN
+        raise ValueError(f"dropout must be in [0, 1), got dropout={dropout}")
+    if pattern_mode not in PATTERN_MODES:
+        raise ValueError(
+            f"pattern_mode must be one of {', '.join(PATTERN_MODES)}, got {pattern_mode!r}"
+        )
+
+
+def check_param_bytes(what: str, params: int, extra_bytes: int = 0) -> None:
+    """Refuse, before any allocation, a module whose parameters (in the default dtype) and
+    ``extra_bytes`` of buffers need more than ``flowgraph``'s memory limit (8 GiB)."""
+    itemsize = torch.empty((), dtype=torch.get_default_dtype()).element_size()
+    _validate.memory(
+        f"{what} with {params:,} parameters",
+        params * itemsize + extra_bytes,
+        _validate.MEMORY_LIMIT_BYTES,
+        fix="build it in pieces",
+    )
 
 
 def _block_for(n: int) -> int:
@@ -119,6 +160,8 @@ class _Attention(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        _check_sizes(d_model, n_head, n_ctx)
+        _check_options(causal, layer, dropout, pattern_mode)
         if d_model % n_head != 0:
             raise ValueError(
                 f"d_model must be a multiple of n_head, got d_model={d_model}, n_head={n_head}"
@@ -144,9 +187,15 @@ class _Attention(nn.Module):
                 pattern, n_head=n_head, layer=layer, mode=pattern_mode, causal=causal
             )
             self.register_buffer("mask_hnn", mask, persistent=False)
+        check_param_bytes(type(self).__name__, self._param_count(d_model, n_head))
         self._sparse: dict[tuple[int, str], gpu.SparseMask] = {}
         self.use_gpu_ops: bool | None = None  # None: when gpu.backend_for says "cupy"
         self.resid_dropout = nn.Dropout(dropout)
+
+    @staticmethod
+    def _param_count(d_model: int, n_head: int) -> int:
+        """The parameters this module allocates (checked before it does)."""
+        raise NotImplementedError
 
     def dense_mask(self, T: int, device: torch.device) -> torch.Tensor | None:
         """The (h, T, T) bool mask of this layer (causal and pattern), None when unrestricted."""
@@ -170,11 +219,13 @@ class _Attention(nn.Module):
         return self._sparse[key]
 
     def _own_or_combined(
-        self, T: int, attn_mask: torch.Tensor | None, device: torch.device
+        self, B: int, T: int, attn_mask: torch.Tensor | None, device: torch.device
     ) -> torch.Tensor | None:
         """The layer's own mask AND ``attn_mask`` (either may be absent)."""
         if attn_mask is None:
             return self.dense_mask(T, device)
+        if not isinstance(attn_mask, torch.Tensor):
+            raise TypeError(f"attn_mask must be a bool tensor or None, got {type(attn_mask)}")
         if attn_mask.dtype != torch.bool:
             raise TypeError(
                 f"attn_mask must be a bool tensor (True: attend), got {attn_mask.dtype}"
@@ -184,8 +235,19 @@ class _Attention(nn.Module):
                 f"attn_mask must be (T, T), (h, T, T) or (b, h, T, T) with T={T}, "
                 f"got shape {tuple(attn_mask.shape)}"
             )
+        lead = tuple(attn_mask.shape[:-2])  # broadcast against (B, h): each 1 or the full size
+        full = (B, self.n_head)[-len(lead) :] if lead else ()
+        if any(got not in (1, want) for got, want in zip(lead, full, strict=True)):
+            raise ValueError(
+                f"attn_mask's leading dimensions {lead} must each be 1 or match (B, h)="
+                f"{(B, self.n_head)[-len(lead) :]}, got shape {tuple(attn_mask.shape)}"
+            )
+        if attn_mask.device != device:
+            raise ValueError(
+                f"expected x_bnc and attn_mask on one device, got {device} and {attn_mask.device}"
+            )
         own = self.dense_mask(T, device)
-        return attn_mask.to(device) if own is None else attn_mask.to(device) & own
+        return attn_mask if own is None else attn_mask & own
 
     def _pattern_path(self, x_bnc: torch.Tensor) -> str | None:
         """None (no pattern), "gpu" (gpu.* with a SparseMask) or "dense" (masked_attention)."""
@@ -197,20 +259,32 @@ class _Attention(nn.Module):
         return "gpu" if use else "dense"
 
     def _check_x(self, x_bnc: torch.Tensor) -> tuple[int, int, int]:
+        """Shape, dtype and device of the input, and finite values (one reduction; on CUDA a
+        host synchronisation): NaN or inf in x has no attention to compute."""
+        if not isinstance(x_bnc, torch.Tensor):
+            raise TypeError(f"x_bnc must be a torch.Tensor, got {type(x_bnc).__name__}")
         if x_bnc.dim() != 3 or x_bnc.shape[-1] != self.d_model:
             raise ValueError(
                 f"x_bnc must be (B, T, d_model={self.d_model}), got shape {tuple(x_bnc.shape)}"
             )
+        weight = next(self.parameters())
+        if x_bnc.dtype != weight.dtype or x_bnc.device != weight.device:
+            raise TypeError(
+                f"x_bnc must match the module's parameters ({weight.dtype} on {weight.device}), "
+                f"got {x_bnc.dtype} on {x_bnc.device}; move the module with .to(...)"
+            )
         B, T, C = x_bnc.size()
         if T > self.n_ctx:
             raise ValueError(f"sequence length T={T} exceeds n_ctx={self.n_ctx}")
+        check_finite(x_bnc=x_bnc)
         return B, T, C
 
     def _heads(self, x_bnc: torch.Tensor, B: int, T: int) -> torch.Tensor:
-        return x_bnc.view(B, T, self.n_head, -1).transpose(1, 2)  # (B, h, T, d)
+        d = x_bnc.shape[-1] // self.n_head  # explicit: -1 is ambiguous when B·T = 0
+        return x_bnc.view(B, T, self.n_head, d).transpose(1, 2)  # (B, h, T, d)
 
     def _merge(self, y_bhnd: torch.Tensor, B: int, T: int) -> torch.Tensor:
-        return y_bhnd.transpose(1, 2).contiguous().view(B, T, -1)
+        return y_bhnd.transpose(1, 2).contiguous().view(B, T, self.n_head * y_bhnd.shape[-1])
 
     def extra_repr(self) -> str:
         mode = f", pattern_mode={self.pattern_mode!r}" if self.pattern_mode else ""
@@ -221,6 +295,10 @@ class _Attention(nn.Module):
 class DotProductAttention(_Attention):
     """Multi-head scaled dot-product attention: softmax(q·kᵀ/√d)·v per head, then a projection."""
 
+    @staticmethod
+    def _param_count(d_model: int, n_head: int) -> int:
+        return 4 * d_model * d_model + 4 * d_model  # c_attn, c_proj
+
     def __init__(self, d_model: int, n_head: int, **kwargs) -> None:
         super().__init__(d_model, n_head, **kwargs)
         self.c_attn = nn.Linear(d_model, 3 * d_model)
@@ -228,12 +306,14 @@ class DotProductAttention(_Attention):
 
     def forward(self, x_bnc: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = self._check_x(x_bnc)
+        if B * T == 0:  # nothing to attend: an empty output (softmax needs a key)
+            return self.c_proj(x_bnc)
         q_bnc, k_bnc, v_bnc = self.c_attn(x_bnc).split(C, dim=2)
         q_bhnd, k_bhnd, v_bhnd = (self._heads(t, B, T) for t in (q_bnc, k_bnc, v_bnc))
         scale = 1.0 / math.sqrt(self.d_head)
         path = self._pattern_path(x_bnc)
         if attn_mask is not None or path == "dense":  # dense reference path
-            mask = self._own_or_combined(T, attn_mask, x_bnc.device)
+            mask = self._own_or_combined(B, T, attn_mask, x_bnc.device)
             y_bhnd = masked_attention(q_bhnd, k_bhnd, v_bhnd, mask, scale)
         elif path == "gpu":
             mask = self.sparse_mask(T, x_bnc.device)
@@ -249,6 +329,10 @@ class QuadraticAttention(_Attention):
     """One full bilinear form per head: softmax(x·U_h·xᵀ/√c)·v_h, v_h = x·V_h (the seed's
     quadratic attention; U_h is c×c and not constrained to be symmetric)."""
 
+    @staticmethod
+    def _param_count(d_model: int, n_head: int) -> int:
+        return (n_head + 2) * d_model * d_model + 2 * d_model  # u_hcc, c_value, c_proj
+
     def __init__(self, d_model: int, n_head: int, **kwargs) -> None:
         super().__init__(d_model, n_head, **kwargs)
         self.u_hcc = nn.Parameter(torch.randn(n_head, d_model, d_model) * d_model**-0.5)
@@ -257,13 +341,15 @@ class QuadraticAttention(_Attention):
 
     def forward(self, x_bnc: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = self._check_x(x_bnc)
+        if B * T == 0:  # nothing to attend: an empty output (softmax needs a key)
+            return self.c_proj(x_bnc)
         q_bhnc = torch.einsum("bnc,hcd->bhnd", x_bnc, self.u_hcc)  # x·U per head
         k_bhnc = x_bnc[:, None].expand(B, self.n_head, T, C)
         v_bhnd = self._heads(self.c_value(x_bnc), B, T)
         scale = 1.0 / math.sqrt(C)
         path = self._pattern_path(x_bnc)
         if attn_mask is not None or path == "dense":
-            mask = self._own_or_combined(T, attn_mask, x_bnc.device)
+            mask = self._own_or_combined(B, T, attn_mask, x_bnc.device)
             y_bhnd = masked_attention(q_bhnc, k_bhnc, v_bhnd, mask, scale)
         elif path == "gpu":
             # gpu.sparse_attention wants v shaped like q: pad the d value columns to c
@@ -285,6 +371,11 @@ class MetricAttention(_Attention):
     ``s_hkk`` and M = S·Sᵀ (positive semi-definite, so p·M·pᵀ is a squared norm's polarisation).
     Both start at M = I, where the head is dot-product attention with q = k = v = p.
     """
+
+    @staticmethod
+    def _param_count(d_model: int, n_head: int) -> int:
+        k = d_model // n_head
+        return 2 * d_model * d_model + d_model + n_head * k * k  # c_p, c_proj, M (or S)
 
     def __init__(self, d_model: int, n_head: int, parameterisation: str = "symmetric", **kwargs):
         super().__init__(d_model, n_head, **kwargs)
@@ -318,11 +409,13 @@ class MetricAttention(_Attention):
 
     def forward(self, x_bnc: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = self._check_x(x_bnc)
+        if B * T == 0:  # nothing to attend: an empty output (softmax needs a key)
+            return self.c_proj(x_bnc)
         p_bhnk = self._heads(self.c_p(x_bnc), B, T)
         scale = 1.0 / math.sqrt(self.d_head)
         path = self._pattern_path(x_bnc)
         if attn_mask is not None or path == "dense":
-            mask = self._own_or_combined(T, attn_mask, x_bnc.device)
+            mask = self._own_or_combined(B, T, attn_mask, x_bnc.device)
             q_bhnk = p_bhnk @ self.metric_hkk()[None]
             t_bhnk = masked_attention(q_bhnk, p_bhnk, p_bhnk, mask, scale)
         elif path == "gpu":  # the pattern mask is already causal when it must be

@@ -81,6 +81,7 @@ class PartiallyFrozenEmbedding(nn.Module):
     ) -> None:
         super().__init__()
         _check_weight(weight_vd, dtype)
+        device = _check_device(device)
         num_embeddings, embedding_dim = weight_vd.shape
         padding = _check_padding_idx(padding_idx, num_embeddings)
         rows_t = _trainable_rows(trainable, num_embeddings)
@@ -230,6 +231,7 @@ def remap(
     """
     if not isinstance(ids, torch.Tensor):
         raise TypeError(f"ids must be a torch.Tensor of int64 or int32, got {type(ids).__name__}")
+    _no_meta(ids, "ids")
     order_v = _check_order(order, ids.device)
     _check_ids_kind(ids, "ids", ids.device)
     out = _check_out(out, ids)
@@ -280,8 +282,23 @@ def _check_weight(weight_vd: object, dtype: torch.dtype | None) -> None:
         )
     if not weight_vd.is_floating_point():
         raise TypeError(f"weight_vd must be floating point, got dtype {weight_vd.dtype}")
-    if dtype is not None and not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating-point dtype, got {dtype!r}")
+
+
+def _check_device(device: object) -> torch.device | None:
+    if device is None:
+        return None
+    try:
+        return torch.device(device)  # type: ignore[arg-type]
+    except (RuntimeError, TypeError) as exc:
+        message = f"device must be a torch.device or a name like 'cpu', got {device!r}"
+        raise ValueError(message) from exc
+
+
+def _no_meta(t: torch.Tensor, name: str) -> None:
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device, which holds no values to read")
 
 
 def _check_padding_idx(padding_idx: object, num_embeddings: int) -> int | None:
@@ -301,6 +318,7 @@ def _check_padding_idx(padding_idx: object, num_embeddings: int) -> int | None:
 def _trainable_rows(trainable: object, num_embeddings: int) -> torch.Tensor:
     """Sorted distinct int64 row ids (on the CPU) from a (V,) bool mask or a 1-D list of ids."""
     if isinstance(trainable, torch.Tensor):
+        _no_meta(trainable, "trainable")
         t = trainable.detach().cpu()
     elif isinstance(trainable, Sequence) and len(trainable) == 0:
         t = torch.empty(0, dtype=torch.int64)  # torch.as_tensor([]) would be float
@@ -381,6 +399,7 @@ def _check_out(out: object, ids: torch.Tensor) -> torch.Tensor | None:
 def _check_order(order: object, device: torch.device) -> torch.Tensor:
     """``order`` as an int64 tensor on ``device``, after checking it is a permutation."""
     if isinstance(order, torch.Tensor):
+        _no_meta(order, "order")
         order_v = order.detach()
     elif isinstance(order, Sequence) and len(order) == 0:
         order_v = torch.empty(0, dtype=torch.int64)

@@ -28,6 +28,9 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from flowgraph.gpu.reference import check_finite, softmax_limit
+from flowgraph.models.attention import check_param_bytes
+
 __all__ = ["DEFAULT_BLOCK_SIZE", "EntityMemory", "entity_attention", "find_mentions"]
 
 OUTSIDE, BEGIN, INSIDE = 0, 1, 2
@@ -50,6 +53,15 @@ def _check_int_tensor(name: str, t: object, ndim: int) -> None:
         raise TypeError(f"{name} must hold integers, got dtype {t.dtype}")
     if t.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    if t.device.type == "meta":  # its values are checked (ranges, spans): it must have some
+        raise ValueError(f"{name} is on the meta device, which holds no values")
+
+
+def _check_float_tensor(name: str, t: object) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got dtype {t.dtype}")
 
 
 def _check_bio(bio_bn: Tensor) -> None:
@@ -256,6 +268,8 @@ def entity_attention(
     Raises ``ValueError`` for shapes that disagree, a non-positive ``block_size`` or gold ids out
     of range; ``TypeError`` for h and E of different dtypes or devices, or non-integer gold ids.
     """
+    _check_float_tensor("h_md", h_md)
+    _check_float_tensor("e_kd", e_kd)
     if h_md.dim() != 2 or e_kd.dim() != 2 or h_md.shape[1] != e_kd.shape[1]:
         raise ValueError(
             f"expected h_md (m, d) and e_kd (N, d) with one d, "
@@ -266,7 +280,12 @@ def entity_attention(
             f"expected h_md and e_kd of one dtype on one device, got {h_md.dtype} on "
             f"{h_md.device} and {e_kd.dtype} on {e_kd.device}"
         )
+    if e_kd.shape[0] == 0:
+        raise ValueError("e_kd must hold at least one entity row, got shape (0, d): a softmax "
+                         "over no entities is undefined")  # fmt: skip
     _check_positive_int("block_size", block_size)
+    if not isinstance(need_out, bool):
+        raise TypeError(f"need_out must be True or False, got {need_out!r}")
     if gold_m is not None:
         _check_int_tensor("gold_m", gold_m, 1)
         if gold_m.shape[0] != h_md.shape[0]:
@@ -278,7 +297,20 @@ def entity_attention(
                 f"gold_m must lie in [0, {e_kd.shape[0]}), got ids from {int(gold_m.min())} "
                 f"to {int(gold_m.max())}"
             )
-    return _EntityAttention.apply(h_md, e_kd, gold_m, block_size, need_out)
+        if gold_m.device != h_md.device:
+            raise ValueError(
+                f"expected h_md and gold_m on one device, got {h_md.device} and {gold_m.device}"
+            )
+    # NaN or inf in a query or an entity leaves no softmax to compute
+    check_finite(h_md=h_md, e_kd=e_kd)
+    o_md, nll_m = _EntityAttention.apply(h_md, e_kd, gold_m, block_size, need_out)
+    if h_md.device.type != "meta" and not bool(torch.isfinite(nll_m).all()):
+        raise ValueError(
+            f"the logits h_md·e_kdᵀ overflow {h_md.dtype} (|h_md| up to "
+            f"{float(h_md.abs().max()):.3g}, |e_kd| up to {float(e_kd.abs().max()):.3g}); "
+            "scale the queries or the entities down, or compute in float64"
+        )
+    return o_md, nll_m
 
 
 @torch.no_grad()
@@ -303,7 +335,8 @@ def _topk_attention(h_md: Tensor, e_kd: Tensor, k: int, block_size: int) -> Tens
     # The k logits are recomputed from gathered rows so that autograd reaches h and E (the
     # selection itself has no gradient); this holds m·k·d numbers, independent of N.
     top_mtd = e_kd[idx_mt]
-    alpha_mt = torch.softmax(torch.einsum("mtd,md->mt", top_mtd, h_md), dim=1)
+    logits_mt = softmax_limit(torch.einsum("mtd,md->mt", top_mtd, h_md))  # +inf: the limit
+    alpha_mt = torch.softmax(logits_mt, dim=1)
     return torch.einsum("mt,mtd->md", alpha_mt, top_mtd)
 
 
@@ -352,6 +385,12 @@ class EntityMemory(nn.Module):
             _check_positive_int(name, value)
         if top_k > n_entities:
             raise ValueError(f"top_k must be ≤ n_entities = {n_entities}, got {top_k}")
+        params = 2 * d_model * d_entity + d_entity + d_entity * d_model + d_model
+        check_param_bytes(
+            f"EntityMemory(n_entities={n_entities}, d_entity={d_entity})",
+            params + n_entities * d_entity,
+            n_entities * d_entity * 4,  # torch.randn's draw before the scaling
+        )
         self.d_model, self.n_entities, self.d_entity = d_model, n_entities, d_entity
         self.top_k, self.block_size = top_k, block_size
         self.W_f = nn.Linear(2 * d_model, d_entity)
@@ -371,6 +410,7 @@ class EntityMemory(nn.Module):
     ) -> tuple[Tensor | None, Tensor]:
         spans_m3 = find_mentions(bio_bn)  # validates bio_bn
         _check_x(x_bnc, bio_bn, self.d_model, self.W_f.weight)
+        check_finite(x_bnc=x_bnc)
         b_m, s_m, e_m = spans_m3.unbind(dim=1)
         gold_m = None
         if entity_ids_bn is not None:

@@ -10,6 +10,8 @@ keys), which the bidirectional LTR/RTL patterns need.
 from __future__ import annotations
 
 import dataclasses
+import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +19,12 @@ import torch
 from torch import nn
 
 import flowgraph as fg
-from flowgraph.models.attention import ATTENTIONS, PARAMETERISATIONS, PATTERN_MODES
+from flowgraph.models.attention import (
+    ATTENTIONS,
+    PARAMETERISATIONS,
+    PATTERN_MODES,
+    check_param_bytes,
+)
 
 __all__ = ["GPT", "PATTERNS", "GPTConfig", "build_pattern"]
 
@@ -68,8 +75,36 @@ class GPTConfig:
             raise TypeError(
                 f"pattern must be None, a name or a flowgraph.Pattern, got {type(self.pattern)}"
             )
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real):
+            raise TypeError(f"dropout must be a number in [0, 1), got dropout={self.dropout!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got dropout={self.dropout}")
+        if not isinstance(self.causal, bool):
+            raise TypeError(f"causal must be True or False, got causal={self.causal!r}")
+        if not isinstance(self.pattern_args, Mapping):
+            raise TypeError(
+                f"pattern_args must be a dict of the pattern's options, got {self.pattern_args!r}"
+            )
+        # each layer keeps its own dense (h or 1, n_ctx, n_ctx) bool pattern mask
+        heads = self.n_head if self.pattern_mode == "heads" else 1
+        masks = self.n_layer * heads * self.n_ctx**2 if self.pattern is not None else 0
+        check_param_bytes(f"GPT({self.describe()})", self.num_params(), masks)
+
+    def describe(self) -> str:
+        return (
+            f"vocab_size={self.vocab_size}, n_layer={self.n_layer}, n_head={self.n_head}, "
+            f"d_model={self.d_model}, n_ctx={self.n_ctx}"
+        )
+
+    def num_params(self) -> int:
+        """The parameters :class:`GPT` allocates for this config (the head is tied to wte)."""
+        c, h = self.d_model, self.n_head
+        attention = ATTENTIONS[self.attention]._param_count(c, h)
+        if self.attention == "metric" and self.metric == "symmetric":
+            k = c // h
+            attention -= h * (k * k - k * (k + 1) // 2)  # packed M, not S
+        block = 4 * c + attention + 8 * c * c + 5 * c  # two LayerNorms, attention, MLP
+        return (self.vocab_size + self.n_ctx) * c + self.n_layer * block + 2 * c
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields; a custom Pattern is written as :meth:`flowgraph.Pattern.to_dict`."""
@@ -164,6 +199,8 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())  # the tied matrix counts once
 
     def forward(self, idx_bt: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if not isinstance(idx_bt, torch.Tensor):
+            raise TypeError(f"idx_bt must be a torch.Tensor, got {type(idx_bt).__name__}")
         if idx_bt.dim() != 2 or idx_bt.dtype not in (torch.int64, torch.int32):
             raise ValueError(
                 f"idx_bt must be a (B, T) integer tensor, got {idx_bt.dtype} {tuple(idx_bt.shape)}"
@@ -171,11 +208,24 @@ class GPT(nn.Module):
         _, T = idx_bt.size()
         if T > self.config.n_ctx:
             raise ValueError(f"sequence length T={T} exceeds n_ctx={self.config.n_ctx}")
+        self._check_ids(idx_bt)
         pos_t = torch.arange(T, device=idx_bt.device)
         x_bnc = self.drop(self.wte(idx_bt) + self.wpe(pos_t))
         for block in self.blocks:
             x_bnc = block(x_bnc, attn_mask)
         return self.lm_head(self.ln_f(x_bnc))  # (B, T, V)
+
+    def _check_ids(self, idx_bt: torch.Tensor) -> None:
+        """Token ids in [0, vocab_size) (one reduction; on CUDA a host sync): an embedding
+        lookup would raise an IndexError without the value, or a device assert on CUDA."""
+        if idx_bt.numel() == 0 or idx_bt.device.type == "meta":
+            return
+        lo, hi = (int(v) for v in torch.aminmax(idx_bt))
+        if lo < 0 or hi >= self.config.vocab_size:
+            raise ValueError(
+                f"idx_bt must hold token ids in [0, vocab_size={self.config.vocab_size}), "
+                f"got values from {lo} to {hi}"
+            )
 
     @torch.no_grad()
     def generate(self, idx_bt: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
@@ -183,6 +233,12 @@ class GPT(nn.Module):
         ``idx_bt``, feeding each back in; the context is cropped to the last n_ctx tokens."""
         if not self.config.causal:
             raise ValueError("generate needs a causal model (config.causal=True)")
+        if (
+            isinstance(max_new_tokens, bool)
+            or not isinstance(max_new_tokens, numbers.Integral)
+            or max_new_tokens < 0
+        ):
+            raise ValueError(f"max_new_tokens must be an int ≥ 0, got {max_new_tokens!r}")
         for _ in range(max_new_tokens):
             logits_btv = self(idx_bt[:, -self.config.n_ctx :])
             idx_bt = torch.cat([idx_bt, logits_btv[:, -1].argmax(-1, keepdim=True)], dim=1)

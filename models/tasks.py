@@ -24,11 +24,15 @@ target; *token accuracy* is the fraction of those positions where the argmax is 
 from __future__ import annotations
 
 import hashlib
+import math
+import numbers
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+
+from flowgraph import _validate
 
 __all__ = ["EVAL_SEED", "IGNORE", "TASKS", "CharTask", "SortTask", "heldout_batches", "make_task"]
 
@@ -42,11 +46,29 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got split={split!r}")
 
 
+def _check_batch(batch_size: object, generator: object, row_bytes: int) -> int:
+    """``batch_size`` as an int ≥ 1 whose batch fits in memory; ``generator`` a CPU Generator."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+        raise TypeError(f"batch_size must be an int, got {batch_size!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got batch_size={batch_size}")
+    if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+        raise TypeError(f"generator must be a CPU torch.Generator, got {generator!r}")
+    _validate.memory(
+        f"a batch of {batch_size:,}", batch_size * row_bytes, _validate.MEMORY_LIMIT_BYTES,
+        fix="draw smaller batches",
+    )  # fmt: skip
+    return int(batch_size)
+
+
 def heldout_batches(
     task: Any, size: int, batch_size: int = 256
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The held-out examples every evaluation uses: ``size`` of them from ``task``'s test split,
     in batches of ``batch_size``, drawn from a generator seeded with :data:`EVAL_SEED`."""
+    for name, value in (("size", size), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name} must be an int ≥ 1, got {name}={value!r}")
     generator = torch.Generator().manual_seed(EVAL_SEED)
     done = 0
     while done < size:
@@ -72,14 +94,16 @@ class SortTask:
     name: ClassVar[str] = "sort"
 
     def __init__(self, length: int = 11, vocab: int = 3, test_fraction: float = 0.1) -> None:
-        if not isinstance(length, int) or length < 2:
+        if isinstance(length, bool) or not isinstance(length, int) or length < 2:
             raise ValueError(f"length must be an int ≥ 2, got length={length!r}")
-        if not isinstance(vocab, int) or vocab < 2:
+        if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 2:
             raise ValueError(f"vocab must be an int ≥ 2, got vocab={vocab!r}")
-        if vocab**length < 100:
+        if length * math.log(vocab) < math.log(100):  # vocab**length: huge for a huge length
             raise ValueError(
                 f"vocab**length = {vocab**length} sequences is too few to hold out a test split"
             )
+        if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real):
+            raise TypeError(f"test_fraction must be a number in (0, 0.5), got {test_fraction!r}")
         if not 0.0 < test_fraction < 0.5:
             raise ValueError(f"test_fraction must be in (0, 0.5), got {test_fraction}")
         self.length, self.vocab, self.test_fraction = length, vocab, test_fraction
@@ -99,6 +123,8 @@ class SortTask:
         self, split: str, batch_size: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         _check_split(split)
+        # rejection sampling draws 4·B + 16 candidates of L int64 tokens a round
+        batch_size = _check_batch(batch_size, generator, 4 * 8 * 4 * self.length)
         want_test = split == "test"
         parts, have = [], 0
         while have < batch_size:  # rejection sampling; the odds are ≥ 10%, so few rounds
@@ -150,7 +176,14 @@ class CharTask:
                 f"text file {path} changed since the run started (sha256 {digest[:12]}…, "
                 f"expected {sha256[:12]}…)"
             )
-        content = raw.decode("utf-8")
+        try:
+            content = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            raise ValueError(
+                f"text file {path} is not valid UTF-8: byte {exc.start} (line {line}) is "
+                f"{raw[exc.start : exc.start + 1]!r}; re-encode it as UTF-8"
+            ) from None
         split = int(0.9 * len(content))
         if not isinstance(n_ctx, int) or n_ctx < 2:
             raise ValueError(f"n_ctx must be an int ≥ 2, got n_ctx={n_ctx!r}")
@@ -176,6 +209,7 @@ class CharTask:
         self, split: str, batch_size: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         _check_split(split)
+        batch_size = _check_batch(batch_size, generator, 4 * 8 * self.n_ctx)  # x, y, offsets
         data = self.data[split]
         start_b = torch.randint(0, len(data) - self.n_ctx - 1, (batch_size,), generator=generator)
         offset_bt = start_b[:, None] + torch.arange(self.n_ctx)

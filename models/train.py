@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 import time
 from dataclasses import dataclass
@@ -73,10 +74,27 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int ≥ 1, got {name}={value!r}")
+        for name in ("warmup", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int ≥ 0, got {name}={value!r}")
+        if self.seed >= 2**64:
+            raise ValueError(f"seed must be below 2**64 (a torch seed), got seed={self.seed}")
         if not 0 <= self.warmup <= self.steps:
             raise ValueError(f"warmup must be in 0..steps={self.steps}, got {self.warmup}")
-        if not 0 < self.min_lr <= self.lr:
-            raise ValueError(f"need 0 < min_lr ≤ lr, got min_lr={self.min_lr}, lr={self.lr}")
+        for name in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+                raise ValueError(f"{name} must be a number, got {name}={value!r}")
+        if not 0 < self.min_lr <= self.lr < math.inf:
+            raise ValueError(f"need 0 < min_lr ≤ lr < inf, got min_lr={self.min_lr}, lr={self.lr}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight_decay must be finite and ≥ 0, got {self.weight_decay}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {name}={getattr(self, name)}")
+        if not self.grad_clip > 0:  # inf: no clipping
+            raise ValueError(f"grad_clip must be > 0 (inf: no clipping), got {self.grad_clip}")
 
 
 def lr_at(step: int, config: TrainConfig) -> float:

@@ -372,6 +372,9 @@ def test_nothing_left_localhost(page, browser_context, server, shots):
     assert outside == [], f"the dashboard asked for assets outside localhost: {outside}"
     assert any("/_dash-component-suites/" in u for u in guard.local)
     assert any("plotly" in u for u in guard.local)
+    # every request the pages made passed the server's checks of callback bodies
+    log = server["log"].read_text(encoding="utf-8")
+    assert "refused a callback request" not in log and "Traceback" not in log, log[-2000:]
     target = os.environ.get("DASHBOARD_SCREENSHOT")
     if target:
         shutil.copyfile(shots / "heads-compare.png", target)

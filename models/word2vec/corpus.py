@@ -10,6 +10,7 @@ over each time, or the path of a text file.
 
 from __future__ import annotations
 
+import codecs
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain, repeat
@@ -29,33 +30,67 @@ class TextFile:
     The file is read in blocks of ``block_chars`` characters, never a whole line at once, and a
     line longer than ``MAX_SENTENCE_WORDS`` tokens comes out as several sentences of at most
     that many tokens (as gensim's ``LineSentence``), so a corpus that is one huge line (text8)
-    streams in bounded memory. Empty lines give no sentence.
+    streams in bounded memory. Empty lines give no sentence. A file that is not valid text in
+    ``encoding``, or holds a NUL byte (a binary file), raises a ValueError naming the line.
     """
 
     def __init__(
         self, path: str | os.PathLike[str], encoding: str = "utf-8", block_chars: int = 1 << 20
     ) -> None:
         self.path = Path(path)
+        if self.path.is_dir():
+            raise ValueError(f"sentences: {str(self.path)!r} is a directory, expected a text file")
         if not self.path.is_file():
             raise ValueError(f"sentences: no such file: {str(self.path)!r}")
+        try:
+            codecs.lookup(encoding)
+        except (LookupError, TypeError):
+            raise ValueError(f"encoding: unknown text encoding {encoding!r}") from None
+        if isinstance(block_chars, bool) or not isinstance(block_chars, int) or block_chars < 1:
+            raise ValueError(f"block_chars: expected an integer ≥ 1, got {block_chars!r}")
         self.encoding = encoding
         self.block_chars = block_chars
+
+    def _blocks(self) -> Iterator[str]:
+        """The file's text, ``block_chars`` at a time; bad bytes and NULs name their line."""
+        lines = 1  # the line the next block starts on
+        with self.path.open(encoding=self.encoding) as f:
+            while True:
+                try:
+                    block = f.read(self.block_chars)
+                except UnicodeDecodeError as exc:
+                    bad = exc.object[exc.start : exc.start + 1]
+                    raise ValueError(
+                        f"sentences: {str(self.path)!r} is not valid {self.encoding} text "
+                        f"(at or after line {lines}: {exc.reason}, byte {bad!r}); re-encode it "
+                        "or pass its encoding"
+                    ) from None
+                if not block:
+                    return
+                nul = block.find("\0")
+                if nul >= 0:
+                    line = lines + block.count("\n", 0, nul)
+                    raise ValueError(
+                        f"sentences: {str(self.path)!r} holds a NUL byte on line {line}; "
+                        "expected a text file, not binary"
+                    )
+                lines += block.count("\n")
+                yield block
 
     def __iter__(self) -> Iterator[list[str]]:
         pending: list[str] = []  # tokens of the current line not yet yielded
         tail = ""  # the last token of the text read so far: the next block may continue it
-        with self.path.open(encoding=self.encoding) as f:
-            for block in iter(lambda: f.read(self.block_chars), ""):
-                *lines, last = (tail + block).split("\n")
-                for line in lines:
-                    pending += line.split()
-                    yield from _pieces(pending, final=True)
-                    pending = []
-                tokens = last.split()
-                tail = tokens.pop() if tokens and not last[-1].isspace() else ""
-                pending += tokens
-                yield from _pieces(pending, final=False)
-                del pending[: len(pending) - len(pending) % MAX_SENTENCE_WORDS]
+        for block in self._blocks():
+            *lines, last = (tail + block).split("\n")
+            for line in lines:
+                pending += line.split()
+                yield from _pieces(pending, final=True)
+                pending = []
+            tokens = last.split()
+            tail = tokens.pop() if tokens and not last[-1].isspace() else ""
+            pending += tokens
+            yield from _pieces(pending, final=False)
+            del pending[: len(pending) - len(pending) % MAX_SENTENCE_WORDS]
         pending += tail.split()
         yield from _pieces(pending, final=True)
 
@@ -108,6 +143,10 @@ def as_corpus(sentences: object) -> Corpus:
     iterator is refused (``TypeError``) because training reads the corpus more than once."""
     if isinstance(sentences, (str, os.PathLike)):
         return Corpus(TextFile(sentences))
+    if isinstance(sentences, (bytes, bytearray)):
+        raise TypeError(
+            "sentences: got bytes; pass a file path as str or pathlib.Path, or token lists"
+        )
     if not isinstance(sentences, Iterable):
         raise TypeError(
             f"sentences: expected an iterable of token lists or a text file path, "

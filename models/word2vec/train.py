@@ -11,6 +11,7 @@ deterministically for a seed and a worker count (see ``models.word2vec._cpu``). 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Sequence
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from flowgraph import _validate
 from flowgraph.models.word2vec.corpus import as_corpus, encode_chunks
 from flowgraph.models.word2vec.vectors import WordVectors
 from flowgraph.models.word2vec.vocab import Vocab, build_vocab, check_sample
@@ -62,6 +64,28 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
     except ImportError:
         return "torch"
     return "numba"
+
+
+def _check_sizes(
+    vocab_size: int, vector_size: int, total: int, backend: str, workers: int, deterministic: bool
+) -> None:
+    """Refuse, before the tables are allocated, a run whose tables do not fit in memory or whose
+    word count overflows the compiled loop's int64."""
+    if total >= 2**63:
+        raise ValueError(
+            f"epochs: epochs × corpus words = {total:,} overflows int64; use fewer epochs"
+        )
+    # the float64 draw, the two float32 tables, per numba worker a copy of both and two flag
+    # bytes a word (hogwild: the flags only)
+    table = vocab_size * vector_size * 4
+    threads = workers if backend == "numba" and workers > 1 else 0
+    per_worker = 2 * table + 2 * vocab_size if deterministic else 2 * vocab_size
+    _validate.memory(
+        f"word2vec (V={vocab_size:,}, vector_size={vector_size:,}, workers={workers})",
+        4 * table + threads * per_worker,
+        _validate.MEMORY_LIMIT_BYTES,
+        fix="use a smaller vector_size or fewer workers",
+    )
 
 
 def default_chunk_words(backend: str, workers: int, deterministic: bool, vocab_size: int) -> int:
@@ -129,11 +153,12 @@ def train_word2vec(
     negative = _check_int("negative", negative, 1)
     epochs = _check_int("epochs", epochs, 1)
     seed = _check_int("seed", seed, 0)
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
         raise ValueError(f"alpha: expected a number > 0, got {alpha!r}")
     check_sample(sample)
-    if not isinstance(deterministic, bool):
-        raise TypeError(f"deterministic: expected a bool, got {deterministic!r}")
+    for name, flag in (("deterministic", deterministic), ("progress", progress)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name}: expected a bool, got {flag!r}")
     if batch_size is not None:
         batch_size = _check_int("batch_size", batch_size, 1)
     workers = _available_cores() if workers is None else _check_int("workers", workers, 1)
@@ -141,6 +166,8 @@ def train_word2vec(
         dev = torch.device("cpu" if device is None else device)
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}") from exc
+    if dev.type not in ("cpu", "cuda"):  # meta holds no values; others have no generator here
+        raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     backend = _resolve_backend(backend, dev)
     if chunk_words is not None:
         chunk_words = _check_int("chunk_words", chunk_words, 1)
@@ -148,6 +175,8 @@ def train_word2vec(
     vocab = build_vocab(corpus, min_count=min_count)
     if chunk_words is None:
         chunk_words = default_chunk_words(backend, workers, deterministic, len(vocab))
+    _check_sizes(len(vocab), vector_size, epochs * vocab.total_words, backend, workers,
+                 deterministic)  # fmt: skip
     keep_v = vocab.keep_probabilities(sample)
 
     rng = np.random.default_rng(seed)

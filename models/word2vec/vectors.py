@@ -35,6 +35,37 @@ class WordNotInVocabularyError(KeyError, ValueError):
         return str(self.args[0])
 
 
+def _as_vectors(vectors: object) -> np.ndarray:
+    """Real, finite vectors as contiguous float32: a complex or text array, or a value that is
+    NaN, inf or too large for float32, is refused instead of cast."""
+    arr = np.asarray(vectors)
+    if arr.dtype == np.bool_ or not (
+        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+    ):
+        raise TypeError(f"vectors: expected real numbers, got dtype {arr.dtype}")
+    with np.errstate(over="ignore"):  # a value past float32's range is reported just below
+        out = np.ascontiguousarray(arr, dtype=np.float32)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"vectors: expected finite float32 values, got {float(arr[row, col])} at row {row}, "
+            f"column {col} ({int(bad.sum())} values in all)"
+        )
+    return out
+
+
+def _as_counts(counts: object) -> np.ndarray:
+    """Corpus counts as int64: whole numbers ≥ 0 (1.7 is refused, not truncated)."""
+    arr = np.asarray(counts)
+    if arr.size and (arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer)):
+        raise TypeError(f"counts: expected integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if arr.size and arr.min() < 0:
+        raise ValueError(f"counts: expected counts ≥ 0, got {int(arr.min())}")
+    return arr
+
+
 class WordVectors:
     """Word vectors ``vectors`` (V, d) float32, row ``i`` for ``words[i]``, with ``counts`` (V,)
     the corpus counts (or ``None``).
@@ -50,8 +81,10 @@ class WordVectors:
         vectors: np.ndarray,
         counts: Sequence[int] | np.ndarray | None = None,
     ) -> None:
+        if isinstance(words, (str, bytes)):  # list("ab") would be two one-letter words
+            raise TypeError(f"words: expected a list of str, got a {type(words).__name__}")
         self.words: list[str] = list(words)
-        self.vectors: np.ndarray = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.vectors: np.ndarray = _as_vectors(vectors)
         if self.vectors.ndim != 2 or self.vectors.shape[0] != len(self.words):
             raise ValueError(
                 f"vectors: expected shape ({len(self.words)}, d), got {self.vectors.shape}"
@@ -61,7 +94,7 @@ class WordVectors:
         self.index: dict[str, int] = {w: i for i, w in enumerate(self.words)}
         if len(self.index) != len(self.words):
             raise ValueError("words: expected distinct words, got duplicates")
-        self.counts = None if counts is None else np.asarray(counts, dtype=np.int64)
+        self.counts = None if counts is None else _as_counts(counts)
         if self.counts is not None and self.counts.shape != (len(self.words),):
             raise ValueError(
                 f"counts: expected shape ({len(self.words)},), got {self.counts.shape}"
@@ -145,7 +178,11 @@ class WordVectors:
         if not path.is_file():
             raise ValueError(f"path: no such file: {str(path)!r}")
         model, human, oov = [], [], 0
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"path: {str(path)!r} is not valid UTF-8 text: {exc}") from None
+        for n, line in enumerate(text.splitlines(), 1):
             if not line.strip() or line.startswith("#"):
                 continue
             fields = line.split("\t")
@@ -155,6 +192,8 @@ class WordVectors:
                 raise ValueError(
                     f"path: line {n} of {str(path)!r} is not 'word1<TAB>word2<TAB>score': {line!r}"
                 ) from None
+            if not np.isfinite(score):
+                raise ValueError(f"path: line {n} of {str(path)!r} has score {score}: {line!r}")
             ia, ib = index.get(fold(a)), index.get(fold(b))
             if ia is None or ib is None:
                 oov += 1

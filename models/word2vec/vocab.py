@@ -94,6 +94,11 @@ def build_vocab(sentences: Iterable[Sequence[str]], min_count: int = 5) -> Vocab
     counter: Counter[str] = Counter()
     for sentence in sentences:
         counter.update(sentence)
+    odd = next((w for w in counter if not isinstance(w, str)), None)
+    if odd is not None:  # Corpus checks a sentence's first token only: this is all of them
+        raise TypeError(
+            f"sentences: tokens must be str, got {odd!r} ({type(odd).__name__}) in the corpus"
+        )
     raw_words = sum(counter.values())
     if raw_words == 0:
         raise ValueError("sentences: the corpus is empty (no words in any sentence)")
