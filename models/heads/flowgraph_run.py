@@ -244,7 +244,7 @@ def load_flowgraph_run(path: Path, *, name: str) -> FlowgraphRun:
     if not isinstance(model, dict):
         raise CheckpointError(f"{config_file}: no usable model config ('model' is not an object)")
     try:
-        model_config = GPTConfig.from_dict(dict(model))
+        model_config = GPTConfig.from_dict(dict(model), check_memory=False)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{config_file}: no usable model config ({exc})") from None
     _check_sizes(model_config, ckpt.model_state, ckpt.path)
