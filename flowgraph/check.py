@@ -9,6 +9,7 @@ residual edge, so a step that leaves out the diagonal can forget a token's own i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,9 +18,11 @@ import numpy as np
 from flowgraph import _validate
 from flowgraph.flow import Flow, flow_summary
 from flowgraph.pattern import Pattern
-from flowgraph.reach import reach_bytes, reach_summary
+from flowgraph.reach import Reach, reach_bytes, reach_summary
 
-__all__ = ["Report", "check"]
+__all__ = ["ENGINES", "Report", "check"]
+
+ENGINES = ("auto", "intervals", "bitsets")
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,12 @@ class Report:
 
 
 def check(
-    pattern: Pattern, flow: bool = False, *, max_bytes: int = _validate.MEMORY_LIMIT_BYTES
+    pattern: Pattern,
+    flow: bool = False,
+    *,
+    engine: str = "auto",
+    progress: bool | Callable[[int], None] = False,
+    max_bytes: int = _validate.MEMORY_LIMIT_BYTES,
 ) -> Report:
     """Check a pattern (or a stack of layers): full information, edges, degrees, causality, flow.
 
@@ -118,7 +126,13 @@ def check(
     ----------
     pattern : the Pattern to check; a :func:`flowgraph.stack` result is a Pattern too.
     flow : also compute the flow constraint (one max-flow per query: slower, see the docs).
-    max_bytes : refuse up front a pattern whose reachability bitsets (2·n²/8 bytes) need more.
+    engine : ``"intervals"`` reads the pattern's rules (library constructors, their stacks):
+        reach sets as interval unions, no n×n memory, n = 1,048,576 in seconds;
+        ``"bitsets"`` builds the CSR steps and packed n×n reach bits (any pattern, 2·n²/8 bytes);
+        ``"auto"`` (default) takes intervals when the pattern has rules. Both give equal reports.
+    progress : True shows a tqdm bar on stderr when the check takes more than two seconds; a
+        callable is called with the number of rows done, step after step (n · num_steps in all).
+    max_bytes : refuse up front (ValueError, with the memory needed) a check that needs more.
 
     Returns
     -------
@@ -127,7 +141,8 @@ def check(
     Raises
     ------
     TypeError : ``pattern`` is not a Pattern, or ``flow`` not a bool.
-    ValueError : the check would need more than ``max_bytes`` of memory.
+    ValueError : an unknown engine, intervals asked of a pattern without rules, or the check
+        would need more than ``max_bytes`` of memory.
 
     Examples
     --------
@@ -142,16 +157,39 @@ def check(
         raise TypeError(f"pattern must be a flowgraph.Pattern, got {type(pattern).__name__}")
     flow = _validate.flag("flow", flow)
     max_bytes = _validate.byte_limit("max_bytes", max_bytes)
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
+    rules = pattern.rules
+    if engine == "intervals" and rules is None:
+        raise ValueError(
+            f"engine='intervals' needs a pattern given by rules (the library constructors); "
+            f"{pattern.name!r} was given by masks: use engine='bitsets' or 'auto'"
+        )
+    use_intervals = rules is not None and engine != "bitsets"
+    if not isinstance(progress, bool) and not callable(progress):
+        raise TypeError(f"progress must be a bool or a callable, got {type(progress).__name__}")
     n = pattern.n
-    _validate.memory(f"check(pattern) at n={n}", reach_bytes(n), max_bytes)
-    reach = reach_summary(pattern)
-    degrees = [np.diff(m.indptr) for m in pattern.steps]
-    edges = pattern.edges()
-    violations = 0
-    if pattern.causal:
-        for m, deg in zip(pattern.steps, degrees, strict=True):
-            rows = np.repeat(np.arange(n, dtype=np.int64), deg)
-            violations += int(np.count_nonzero(m.indices > rows))
+    if use_intervals:
+        from flowgraph.intervals import interval_reach, interval_reach_bytes
+
+        _validate.memory(f"check(pattern) at n={n}", interval_reach_bytes(rules), max_bytes)
+        reach = _with_progress(
+            progress,
+            n * pattern.num_steps,
+            lambda tick: interval_reach(rules, pattern.causal, max_bytes=max_bytes, progress=tick),
+        )
+        degrees = [r.degrees() for r in rules]
+        violations = sum(r.causality_violations() for r in rules) if pattern.causal else 0
+    else:
+        _validate.memory(f"check(pattern) at n={n}", reach_bytes(n), max_bytes)
+        reach = _with_progress(progress, 0, lambda tick: reach_summary(pattern))
+        degrees = [np.diff(m.indptr) for m in pattern.steps]
+        violations = 0
+        if pattern.causal:
+            for m, deg in zip(pattern.steps, degrees, strict=True):
+                rows = np.repeat(np.arange(n, dtype=np.int64), deg)
+                violations += int(np.count_nonzero(m.indices > rows))
+    edges = tuple(int(d.sum()) for d in degrees)
     in_degree = tuple((int(d.min()), int(d.max())) for d in degrees)
     return Report(
         name=pattern.name,
@@ -172,3 +210,19 @@ def check(
         constant_in_degree=all(lo == hi for lo, hi in in_degree),
         flow=flow_summary(pattern) if flow else None,
     )
+
+
+def _with_progress(
+    progress: bool | Callable[[int], None],
+    total: int,
+    run: Callable[[Callable[[int], None] | None], Reach],
+) -> Reach:
+    """Run ``run(tick)`` with the progress reporting asked for (a bar only past two seconds)."""
+    if callable(progress):
+        return run(progress)
+    if not progress or total == 0:
+        return run(None)
+    from tqdm import tqdm  # imported only when a bar is asked for
+
+    with tqdm(total=total, unit="row", unit_scale=True, delay=2.0, desc="check") as bar:
+        return run(bar.update)

@@ -3,7 +3,9 @@
 Mask convention everywhere: ``steps[s][q, k]`` is True iff query ``q`` attends key ``k`` at step
 ``s``; positions are 0-based and a causal pattern keeps ``k ≤ q``. Steps are stored as sorted
 ``scipy.sparse.csr_array`` of bool whose buffers are read-only, so a Pattern never changes after it
-is built.
+is built. A pattern given by a rule (every library constructor) keeps its steps as
+:class:`flowgraph.rule.StepRule` and builds each CSR only when it is first asked for: that is what
+lets :func:`flowgraph.check` run at a million tokens, where the CSR would hold 10⁹ entries.
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from flowgraph import _validate
+from flowgraph.rule import StepRule
 
-__all__ = ["DENSE_LIMIT_BYTES", "Pattern"]
+__all__ = ["DENSE_LIMIT_BYTES", "STEP_BYTES_PER_ENTRY", "Pattern"]
 
 DENSE_LIMIT_BYTES = 256 * 2**20  # refuse a dense n×n copy above this unless asked for
+# Peak bytes per entry while a rule's CSR is built in row chunks and kept (int32 index, bool
+# data, and the chunk temporaries amortised), measured with tracemalloc: 5–7.
+STEP_BYTES_PER_ENTRY = 8
 
 
 _fmt_bytes = _validate.fmt_bytes
@@ -96,7 +102,7 @@ class Pattern:
     [0, 4, 8]
     """
 
-    __slots__ = ("_causal", "_n", "_name", "_params", "_steps")
+    __slots__ = ("_causal", "_max_bytes", "_n", "_name", "_params", "_rules", "_steps", "_what")
 
     def __init__(
         self,
@@ -118,8 +124,46 @@ class Pattern:
         self._name = name
         self._n = n
         self._causal = _validate.flag("causal", causal)
-        self._steps = tuple(as_step(m, n, f"steps[{i}]") for i, m in enumerate(steps))
+        self._steps: list[sp.csr_array | None] = [
+            as_step(m, n, f"steps[{i}]") for i, m in enumerate(steps)
+        ]
         self._params = dict(params or {})
+        self._rules: tuple[StepRule, ...] | None = None
+        self._max_bytes = _validate.MEMORY_LIMIT_BYTES
+        self._what = name
+
+    @classmethod
+    def from_rules(
+        cls,
+        name: str,
+        n: int,
+        causal: bool,
+        rules: Sequence[StepRule],
+        params: Mapping[str, Any] | None = None,
+        *,
+        max_bytes: int = _validate.MEMORY_LIMIT_BYTES,
+        what: str | None = None,
+    ) -> Pattern:
+        """A pattern whose steps are :class:`flowgraph.rule.StepRule` s; each step's CSR is built
+        on first use, refused (ValueError) when it would need more than ``max_bytes``. ``what``
+        names the pattern in that message (default: ``name``)."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str, got {name!r}")
+        n = _validate.positive_int("n", n)
+        if not rules or not all(isinstance(r, StepRule) and r.n == n for r in rules):
+            raise TypeError(f"rules must be a non-empty sequence of StepRule with n={n}")
+        if params is not None and not isinstance(params, Mapping):
+            raise TypeError(f"params must be a mapping or None, got {type(params).__name__}")
+        self = cls.__new__(cls)
+        self._name = name
+        self._n = n
+        self._causal = _validate.flag("causal", causal)
+        self._params = dict(params or {})
+        self._rules = tuple(rules)
+        self._steps = [None] * len(self._rules)
+        self._max_bytes = _validate.byte_limit("max_bytes", max_bytes)
+        self._what = what or name
+        return self
 
     # --- fields -------------------------------------------------------------------------------
     @property
@@ -141,16 +185,55 @@ class Pattern:
 
     @property
     def steps(self) -> tuple[sp.csr_array, ...]:
-        return self._steps
+        """Every step as a read-only bool CSR (a rule pattern builds them here, once)."""
+        if self._rules is not None and any(m is None for m in self._steps):
+            self._check_steps_fit(range(self.num_steps))
+        return tuple(self._step(i) for i in range(self.num_steps))
+
+    @property
+    def rules(self) -> tuple[StepRule, ...] | None:
+        """The steps as rules (library constructors), or None for a pattern given by masks."""
+        return self._rules
 
     @property
     def num_steps(self) -> int:
         return len(self._steps)
 
+    def _check_steps_fit(self, which: Sequence[int] | range) -> None:
+        assert self._rules is not None
+        todo = [i for i in which if self._steps[i] is None]
+        # one CSR per distinct rule object: a stack's layers share theirs
+        distinct = {id(self._rules[i]): self._rules[i] for i in todo}
+        entries = sum(r.entries_bound() for r in distinct.values())
+        exact = all(r.disjoint for r in distinct.values())
+        _validate.memory(
+            f"the CSR steps of {self._what} with {'' if exact else 'up to '}{entries:,} entries",
+            entries * STEP_BYTES_PER_ENTRY,
+            self._max_bytes,
+            fix="check it with flowgraph.check, which reads its rules and needs no CSR",
+        )
+
+    def _step(self, i: int) -> sp.csr_array:
+        step = self._steps[i]
+        if step is None:
+            assert self._rules is not None
+            self._check_steps_fit([i])
+            rule = self._rules[i]
+            for j, other in enumerate(self._rules):  # layers sharing a rule share its CSR
+                if other is rule and self._steps[j] is not None:
+                    step = self._steps[j]
+                    break
+            else:
+                step = freeze(rule.to_csr())
+            self._steps[i] = step
+        return step
+
     # --- inspection ---------------------------------------------------------------------------
     def edges(self) -> tuple[int, ...]:
         """Number of (query, key) entries in each step."""
-        return tuple(int(s.nnz) for s in self._steps)
+        if self._rules is not None:
+            return tuple(r.nnz() for r in self._rules)
+        return tuple(int(self._step(i).nnz) for i in range(self.num_steps))
 
     def dense(self, step: int = 0, *, max_bytes: int = DENSE_LIMIT_BYTES) -> np.ndarray:
         """Step ``step`` as a dense (n, n) bool array; refuses above ``max_bytes`` of memory."""
@@ -163,12 +246,22 @@ class Pattern:
                 f"limit max_bytes={_fmt_bytes(max_bytes)}; use .steps[{step}] (sparse) or pass a "
                 "larger max_bytes"
             )
-        return self._steps[step].toarray()
+        return self._step(step).toarray()
 
     def merged(self) -> Pattern:
         """One step: the union of all steps (the 'merged head' view of the pattern)."""
-        union = self._steps[0]
-        for s in self._steps[1:]:
+        if self._rules is not None:
+            return Pattern.from_rules(
+                f"{self._name}/merged",
+                self._n,
+                self._causal,
+                [StepRule.union(self._rules)],
+                {**self._params, "merged_from": self._name},
+                max_bytes=self._max_bytes,
+                what=f"{self._what}/merged",
+            )
+        union = self._step(0)
+        for s in self.steps[1:]:
             union = union + s  # bool + bool is logical or
         return Pattern(
             f"{self._name}/merged",
@@ -183,7 +276,7 @@ class Pattern:
         block = _validate.positive_int("block", block)
         nb = -(-self._n // block)
         layout = np.zeros((self.num_steps, nb, nb), dtype=np.bool_)
-        for s, m in enumerate(self._steps):
+        for s, m in enumerate(self.steps):
             rows = np.repeat(np.arange(self._n) // block, np.diff(m.indptr))
             layout[s, rows, m.indices // block] = True
         return layout
@@ -197,7 +290,7 @@ class Pattern:
             "causal": self._causal,
             "params": dict(self._params),
             "steps": [
-                {"indptr": m.indptr.tolist(), "indices": m.indices.tolist()} for m in self._steps
+                {"indptr": m.indptr.tolist(), "indices": m.indices.tolist()} for m in self.steps
             ],
         }
 
@@ -247,7 +340,7 @@ class Pattern:
             return False
         return all(
             np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices)
-            for a, b in zip(self._steps, other._steps, strict=True)
+            for a, b in zip(self.steps, other.steps, strict=True)
         )
 
     __hash__ = None  # type: ignore[assignment]  # equality is by content, and content is large

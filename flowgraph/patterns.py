@@ -18,6 +18,7 @@ import scipy.sparse as sp
 
 from flowgraph import _validate
 from flowgraph.pattern import Pattern
+from flowgraph.rule import StepRule
 
 MEMORY_LIMIT_BYTES = _validate.MEMORY_LIMIT_BYTES
 # Peak bytes per entry while a constructor builds its steps (int64 index temporaries), measured
@@ -61,10 +62,6 @@ def _columns(n: int, cols: np.ndarray, causal: bool) -> sp.csr_array:
     return sp.csr_array((np.ones(indices.size, np.bool_), indices, indptr), shape=(n, n))
 
 
-def _diagonal(n: int) -> sp.csr_array:
-    return _runs(n, np.arange(n), np.ones(n, dtype=np.int64))
-
-
 def _interval(n: int, lo: np.ndarray, hi: np.ndarray) -> sp.csr_array:
     """Row q holds the keys lo[q] ≤ k ≤ hi[q]."""
     return _runs(n, lo, hi - lo + 1)
@@ -73,34 +70,12 @@ def _interval(n: int, lo: np.ndarray, hi: np.ndarray) -> sp.csr_array:
 # --- entry counts, before anything is built ----------------------------------------------------
 # Closed forms (Python ints, no arrays), so that a size too large to build is refused at once;
 # tests/test_bad_input.py checks each against the built pattern's edges.
-def _sum_min(n: int, a: int) -> int:
-    """Σ_{q<n} min(q, a)."""
-    if n <= a + 1:
-        return n * (n - 1) // 2
-    return a * (a + 1) // 2 + (n - a - 1) * a
 
 
 def _sum_mod(n: int, l: int) -> int:  # noqa: E741
     """Σ_{q<n} (q mod l)."""
     m, t = divmod(n, l)
     return m * l * (l - 1) // 2 + t * (t - 1) // 2
-
-
-def _sum_div(n: int, l: int) -> int:  # noqa: E741
-    """Σ_{q<n} ⌊q/l⌋."""
-    m, t = divmod(n, l)
-    return l * m * (m - 1) // 2 + m * t
-
-
-def _count_residue(n: int, l: int, r: int) -> int:  # noqa: E741
-    """#{k < n : k mod l = r}."""
-    return max(0, (n - r + l - 1) // l)
-
-
-def _band(n: int, width: int) -> int:
-    """#{(q, k) : |q − k| ≤ width} in an n×n grid."""
-    far = max(0, n - width - 1)
-    return n * n - far * (far + 1)
 
 
 def _fixed_columns(n: int, l: int, c: int, causal: bool) -> int:  # noqa: E741
@@ -128,19 +103,53 @@ def _check_build(what: str, n: int, entries: int, max_bytes: object) -> None:
     _validate.positions("n", n)
 
 
+# --- rules ---------------------------------------------------------------------------------
+RULE_BYTES_PER_TERM_ROW = 24  # a term's start and count (int64) per row, and one temporary
+
+
+def _rules_fit(what: str, n: int, terms: int, max_bytes: object) -> int:
+    """Refuse, before any array is made, a pattern whose rules alone cannot fit."""
+    max_bytes = _validate.byte_limit("max_bytes", max_bytes)
+    _validate.memory(
+        f"{what}: its rules ({terms} terms × n)", terms * n * RULE_BYTES_PER_TERM_ROW, max_bytes
+    )
+    _validate.positions("n", n)
+    return max_bytes
+
+
+def _interval_rule(n: int, lo: np.ndarray, hi: np.ndarray) -> StepRule:
+    """Row q holds the keys lo[q] ≤ k ≤ hi[q]."""
+    return StepRule(n, lo, hi - lo + 1, 1)
+
+
+def _residue_count(n: int, r: int, step: int, upto: np.ndarray | None) -> np.ndarray | int:
+    """#{k ≡ r (mod step), r ≤ k ≤ upto} per row (upto None: k ≤ n − 1 for every row)."""
+    if upto is None:
+        return (n - 1 - r) // step + 1 if r <= n - 1 else 0
+    return np.where(upto >= r, (upto - r) // step + 1, 0)
+
+
+def _diagonal_except(q: np.ndarray, skip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The diagonal as a term, left out of the rows ``skip`` (where another term holds it)."""
+    return q, np.where(skip, 0, 1)
+
+
 # --- constructors ------------------------------------------------------------------------------
 def dense(n: int, causal: bool = True, *, max_bytes: int = MEMORY_LIMIT_BYTES) -> Pattern:
     """Full attention in one step: k ≤ q when causal, every pair otherwise.
 
-    Every constructor refuses, with a ValueError and before allocating, a pattern that would need
-    more than ``max_bytes`` to build (about 32 bytes an entry).
+    Every constructor keeps its steps as rules (a few numbers per query, see
+    :mod:`flowgraph.rule`): it refuses, with a ValueError and before allocating, only rules that
+    would need more than ``max_bytes``; a step's CSR is built when first used, and refused there
+    past ``max_bytes`` (about 8 bytes an entry).
     """
     n = _validate.positive_int("n", n)
     causal = _validate.flag("causal", causal)
-    _check_build(f"dense(n={n})", n, n * (n + 1) // 2 if causal else n * n, max_bytes)
-    q = np.arange(n)
-    hi = q if causal else np.full(n, n - 1)
-    return Pattern("dense", n, causal, [_interval(n, np.zeros(n, np.int64), hi)])
+    what = f"dense(n={n})"
+    max_bytes = _rules_fit(what, n, 1, max_bytes)
+    q = np.arange(n, dtype=np.int64)
+    rule = StepRule(n, 0, q + 1 if causal else n, 1)
+    return Pattern.from_rules("dense", n, causal, [rule], max_bytes=max_bytes, what=what)
 
 
 def local(
@@ -150,12 +159,15 @@ def local(
     n = _validate.positive_int("n", n)
     window = _validate.int_in_range("window", window, 1, n, f"1 ≤ window ≤ n, n={n}")
     causal = _validate.flag("causal", causal)
-    entries = _sum_min(n, window - 1) + n if causal else _band(n, window - 1)
-    _check_build(f"local(n={n}, window={window})", n, entries, max_bytes)
-    q = np.arange(n)
+    what = f"local(n={n}, window={window})"
+    max_bytes = _rules_fit(what, n, 1, max_bytes)
+    q = np.arange(n, dtype=np.int64)
     lo = np.maximum(0, q - window + 1)
     hi = q if causal else np.minimum(n - 1, q + window - 1)
-    return Pattern("local", n, causal, [_interval(n, lo, hi)], {"window": window})
+    return Pattern.from_rules(
+        "local", n, causal, [_interval_rule(n, lo, hi)], {"window": window},
+        max_bytes=max_bytes, what=what,
+    )  # fmt: skip
 
 
 def strided(
@@ -173,20 +185,21 @@ def strided(
     n = _validate.positive_int("n", n)
     l = _validate.stride_for(n, stride)  # noqa: E741  # the paper's name for the stride
     causal = _validate.flag("causal", causal)
+    what = f"strided(n={n}, stride={l})"
+    max_bytes = _rules_fit(what, n, 2, max_bytes)
+    q = np.arange(n, dtype=np.int64)
     if causal:
-        entries = _sum_min(n, l) + n + _sum_div(n, l) + n
+        step1 = _interval_rule(n, np.maximum(0, q - l), q)
+        step2 = StepRule(n, q % l, q // l + 1, l)
     else:
-        m, t = divmod(n, l)
-        entries = _band(n, l) + t * (m + 1) ** 2 + (l - t) * m**2
-    _check_build(f"strided(n={n}, stride={l})", n, entries, max_bytes)
-    q = np.arange(n)
-    if causal:
-        step1 = _interval(n, np.maximum(0, q - l), q)
-        step2 = _runs(n, q % l, q // l + 1, step=l)
-    else:
-        step1 = _interval(n, np.maximum(0, q - l), np.minimum(n - 1, q + l))
-        step2 = _runs(n, q % l, (n - 1 - q % l) // l + 1, step=l)
-    return Pattern("strided", n, causal, [step1, step2], {"stride": l})
+        step1 = _interval_rule(n, np.maximum(0, q - l), np.minimum(n - 1, q + l))
+        step2 = StepRule(n, q % l, (n - 1 - q % l) // l + 1, l)
+    return Pattern.from_rules(
+        "strided", n, causal, [step1, step2], {"stride": l}, max_bytes=max_bytes, what=what
+    )
+
+
+_FIXED_RULE_SUMMARY = 8  # up to this summary width a residue term each; wider: CSR, as before
 
 
 def fixed(
@@ -199,22 +212,38 @@ def fixed(
 ) -> Pattern:
     """OpenAI's fixed pattern, l = stride, c = summary.
 
-    Step 1 ⌊k/l⌋ = ⌊q/l⌋; step 2 k mod l ≥ l−c; both also k ≤ q when causal.
+    Step 1 ⌊k/l⌋ = ⌊q/l⌋; step 2 k mod l ≥ l−c; both also k ≤ q when causal. The summary step
+    is a rule of c residue terms for c ≤ 8, and a CSR built at once for wider summaries.
     """
     n = _validate.positive_int("n", n)
     l = _validate.stride_for(n, stride)  # noqa: E741
     c = _validate.int_in_range("summary", summary, 1, l, f"1 ≤ summary ≤ stride, stride={l}")
     causal = _validate.flag("causal", causal)
-    m, t = divmod(n, l)
-    step1 = n + _sum_mod(n, l) if causal else m * l * l + t * t
-    entries = step1 + _fixed_columns(n, l, c, causal)
-    _check_build(f"fixed(n={n}, stride={l}, summary={c})", n, entries, max_bytes)
-    q = np.arange(n)
+    what = f"fixed(n={n}, stride={l}, summary={c})"
+    params = {"stride": l, "summary": c}
+    if c > _FIXED_RULE_SUMMARY:
+        m, t = divmod(n, l)
+        step1 = n + _sum_mod(n, l) if causal else m * l * l + t * t
+        entries = step1 + _fixed_columns(n, l, c, causal)
+        _check_build(what, n, entries, max_bytes)
+        q = np.arange(n)
+        lo = (q // l) * l
+        hi = q if causal else np.minimum(n - 1, lo + l - 1)
+        cols = np.flatnonzero(np.arange(n) % l >= l - c)
+        steps = [_interval(n, lo, hi), _columns(n, cols, causal)]
+        return Pattern("fixed", n, causal, steps, params)
+    max_bytes = _rules_fit(what, n, 1 + c, max_bytes)
+    q = np.arange(n, dtype=np.int64)
     lo = (q // l) * l
     hi = q if causal else np.minimum(n - 1, lo + l - 1)
-    cols = np.flatnonzero(np.arange(n) % l >= l - c)
-    step2 = _columns(n, cols, causal)
-    return Pattern("fixed", n, causal, [_interval(n, lo, hi), step2], {"stride": l, "summary": c})
+    residues = range(l - c, l)
+    upto = q if causal else None
+    step2 = StepRule(n, list(residues), [_residue_count(n, r, l, upto) for r in residues],
+                     [l] * c)  # fmt: skip
+    return Pattern.from_rules(
+        "fixed", n, causal, [_interval_rule(n, lo, hi), step2], params,
+        max_bytes=max_bytes, what=what,
+    )  # fmt: skip
 
 
 def ltr(n: int, stride: int | None = None, *, max_bytes: int = MEMORY_LIMIT_BYTES) -> Pattern:
@@ -224,12 +253,16 @@ def ltr(n: int, stride: int | None = None, *, max_bytes: int = MEMORY_LIMIT_BYTE
     """
     n = _validate.positive_int("n", n)
     l = _validate.stride_for(n, stride)  # noqa: E741
-    cols = _count_residue(n, l, l - 1)
-    _check_build(f"ltr(n={n}, stride={l})", n, 2 * n + _sum_mod(n, l) + cols * (n - 1), max_bytes)
-    q = np.arange(n)
-    step1 = _interval(n, q - q % l, q)
-    step2 = _diagonal(n) + _columns(n, np.flatnonzero(q % l == l - 1), causal=False)
-    return Pattern("ltr", n, False, [step1, step2], {"stride": l})
+    what = f"ltr(n={n}, stride={l})"
+    max_bytes = _rules_fit(what, n, 3, max_bytes)
+    q = np.arange(n, dtype=np.int64)
+    step1 = _interval_rule(n, q - q % l, q)
+    diag_start, diag_count = _diagonal_except(q, q % l == l - 1)
+    step2 = StepRule(n, [np.int64(l - 1), diag_start],
+                     [np.int64(_residue_count(n, l - 1, l, None)), diag_count], [l, 1])  # fmt: skip
+    return Pattern.from_rules(
+        "ltr", n, False, [step1, step2], {"stride": l}, max_bytes=max_bytes, what=what
+    )
 
 
 def rtl(n: int, stride: int | None = None, *, max_bytes: int = MEMORY_LIMIT_BYTES) -> Pattern:
@@ -239,12 +272,16 @@ def rtl(n: int, stride: int | None = None, *, max_bytes: int = MEMORY_LIMIT_BYTE
     """
     n = _validate.positive_int("n", n)
     l = _validate.stride_for(n, stride)  # noqa: E741
-    cols = _count_residue(n, l, 0)
-    _check_build(f"rtl(n={n}, stride={l})", n, 2 * n + _sum_mod(n, l) + cols * (n - 1), max_bytes)
-    q = np.arange(n)
-    step1 = _interval(n, q, np.minimum(n, (q // l + 1) * l) - 1)
-    step2 = _diagonal(n) + _columns(n, np.flatnonzero(q % l == 0), causal=False)
-    return Pattern("rtl", n, False, [step1, step2], {"stride": l})
+    what = f"rtl(n={n}, stride={l})"
+    max_bytes = _rules_fit(what, n, 3, max_bytes)
+    q = np.arange(n, dtype=np.int64)
+    step1 = _interval_rule(n, q, np.minimum(n, (q // l + 1) * l) - 1)
+    diag_start, diag_count = _diagonal_except(q, q % l == 0)
+    step2 = StepRule(n, [np.int64(0), diag_start],
+                     [np.int64(_residue_count(n, 0, l, None)), diag_count], [l, 1])  # fmt: skip
+    return Pattern.from_rules(
+        "rtl", n, False, [step1, step2], {"stride": l}, max_bytes=max_bytes, what=what
+    )
 
 
 def star(n: int, hub: int = 0, *, max_bytes: int = MEMORY_LIMIT_BYTES) -> Pattern:
@@ -254,12 +291,15 @@ def star(n: int, hub: int = 0, *, max_bytes: int = MEMORY_LIMIT_BYTES) -> Patter
     """
     n = _validate.positive_int("n", n)
     hub = _validate.int_in_range("hub", hub, 0, n - 1, f"a position of the pattern, n={n}")
-    _check_build(f"star(n={n})", n, 2 * (3 * n - 2 if n > 1 else 1), max_bytes)
-    q = np.arange(n)
-    spokes = _runs(n, np.full(n, hub), np.ones(n, np.int64))
-    hub_row = _runs(n, np.zeros(n, np.int64), np.where(q == hub, n, 0))
-    mask = _diagonal(n) + spokes + hub_row
-    return Pattern("star", n, False, [mask, mask], {"hub": hub})
+    what = f"star(n={n})"
+    max_bytes = _rules_fit(what, n, 3, max_bytes)
+    q = np.arange(n, dtype=np.int64)
+    spoke = (q != hub).astype(np.int64)
+    rule = StepRule(n, [q, np.int64(hub), np.int64(0)], [spoke, spoke, np.where(spoke, 0, n)],
+                    [1, 1, 1])  # fmt: skip
+    return Pattern.from_rules(
+        "star", n, False, [rule, rule], {"hub": hub}, max_bytes=max_bytes, what=what
+    )
 
 
 def _as_mask(mask: Any, i: int) -> Any:

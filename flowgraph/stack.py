@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from flowgraph import _validate
 from flowgraph.pattern import Pattern
+from flowgraph.rule import StepRule
 
 __all__ = ["stack"]
 
@@ -53,6 +54,12 @@ def stack(
         )
     if mode == "heads":
         heads = p if heads is None else _validate.positive_int("heads", heads)
+    params = {**pattern.params, "base": pattern.name, "layers": layers, "mode": mode}
+    if mode == "heads":
+        params["heads"] = heads
+    name = f"{pattern.name}×{layers}/{mode}"
+    if pattern.rules is not None:
+        return _stack_rules(pattern, name, layers, mode, heads, params, max_bytes)
     # entries of the stacked steps (a union holds at most the sum of the steps it joins)
     edges = pattern.edges()
     if mode == "interleave":
@@ -74,7 +81,35 @@ def stack(
         # head h uses step h mod p: the union is that of the first min(heads, p) steps
         union = Pattern("heads", pattern.n, pattern.causal, pattern.steps[: min(heads, p)])
         steps = [union.merged().steps[0]] * layers
-    params = {**pattern.params, "base": pattern.name, "layers": layers, "mode": mode}
-    if mode == "heads":
-        params["heads"] = heads
-    return Pattern(f"{pattern.name}×{layers}/{mode}", pattern.n, pattern.causal, steps, params)
+    return Pattern(name, pattern.n, pattern.causal, steps, params)
+
+
+def _stack_rules(
+    pattern: Pattern,
+    name: str,
+    layers: int,
+    mode: str,
+    heads: int | None,
+    params: dict,
+    max_bytes: int,
+) -> Pattern:
+    """A rule pattern's stack: its layers share the rule objects (no copy per layer), and a
+    union is one more rule whose terms are those of the steps it joins."""
+    rules = pattern.rules
+    assert rules is not None
+    p = len(rules)
+    # two references per layer (its rule, and its CSR once built)
+    _validate.memory(f"stack(layers={layers}, mode={mode!r})", 16 * layers, max_bytes)
+    if mode == "interleave":
+        steps = [rules[i % p] for i in range(layers)]
+    else:
+        joined = rules if mode == "merged" else rules[: min(heads or p, p)]
+        _validate.memory(
+            f"stack(layers={layers}, mode={mode!r}): the union of {len(joined)} rules",
+            sum(r.nbytes() for r in joined),
+            max_bytes,
+        )
+        steps = [StepRule.union(joined)] * layers
+    return Pattern.from_rules(
+        name, pattern.n, pattern.causal, steps, params, max_bytes=max_bytes, what=name
+    )
