@@ -68,3 +68,14 @@ def assert_rejected(name: str, args: list[str], message: str) -> None:
     proc = run_script(name, *args)
     assert proc.returncode == 2, proc.stdout
     assert message in proc.stderr
+
+
+def assert_verdict(verdict: str, printed: str, limit: float, *, at_most: bool) -> None:
+    """A goal line's met/NOT met agrees with its printed value — unless that value is within
+    rounding of the limit, where the script's unrounded number may fall on either side."""
+    value = float(printed.replace(",", ""))
+    decimals = len(printed.split(".")[1]) if "." in printed else 0
+    if abs(value - limit) <= 0.5 * 10.0**-decimals:
+        assert verdict in ("met", "NOT met")
+        return
+    assert verdict == ("met" if (value <= limit if at_most else value >= limit) else "NOT met")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bench_scripts import assert_quick_report, load_script, run_script, tables
+from bench_scripts import assert_quick_report, assert_verdict, load_script, run_script, tables
 
 from flowgraph.gpu.metric import metric_attention_reference, packed_size
 
@@ -49,7 +49,7 @@ def test_quick_run_prints_both_tables_and_the_goals(tmp_path: Path) -> None:
     goal = r"^- peak memory of op \(CPU path\) linear in n .*: ([\d.]+) — (met|NOT met)$"
     goals = re.findall(goal, proc.stdout, re.M)
     assert len(goals) == 1 and goals[0][0] == memory[-1][1]  # printed from the table
-    assert goals[0][1] == ("met" if float(goals[0][0]) <= 1.2 else "NOT met")
+    assert_verdict(goals[0][1], goals[0][0], 1.2, at_most=True)
     assert "- at least SDPA's speed: measured on a GPU only" in proc.stdout
     assert "device: cpu" in proc.stdout
 

@@ -6,7 +6,14 @@ from __future__ import annotations
 import re
 
 import pytest
-from bench_scripts import assert_quick_report, assert_rejected, load_script, run_script, tables
+from bench_scripts import (
+    assert_quick_report,
+    assert_rejected,
+    assert_verdict,
+    load_script,
+    run_script,
+    tables,
+)
 
 pytest.importorskip("gensim")  # a dev dependency: the baseline
 
@@ -40,12 +47,12 @@ def test_quick_run_prints_the_table_and_the_goals(tmp_path) -> None:
     assert goals[0][0] == "words/s ≥ 1× gensim's"
     ratio = float(goals[0][1])
     assert ratio == pytest.approx(speed[0] / speed[1], abs=0.01)
-    assert goals[0][2] == ("met" if ratio >= 1 else "NOT met")
+    assert_verdict(goals[0][2], goals[0][1], 1.0, at_most=False)
     gap = re.search(
         r"^- Spearman ≥ gensim's − 0.03: ([-+\d.]+) — (met|NOT met)$", proc.stdout, re.M
     )
     assert gap is not None and float(gap.group(1)) == pytest.approx(rho[0] - rho[1], abs=0.002)
-    assert gap.group(2) == ("met" if float(gap.group(1)) >= -0.03 else "NOT met")
+    assert_verdict(gap.group(2), gap.group(1), -0.03, at_most=False)
     assert "gensim 4." in proc.stdout
 
 
