@@ -25,12 +25,14 @@ from flowgraph.patterns import (
     strided,
 )
 from flowgraph.reach import reachability
+from flowgraph.rule import StepRule
 from flowgraph.stack import stack
 
 __all__ = [
     "Flow",
     "Pattern",
     "Report",
+    "StepRule",
     "check",
     "dense",
     "fixed",

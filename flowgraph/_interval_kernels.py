@@ -198,3 +198,102 @@ def advance_rows(
             used += k
             out_ptr[q - q0 + 1] = used
     return covered, miss_q, miss_k, out_ptr, out_keys[:used].copy()
+
+
+@nb.njit(cache=True, nogil=True)
+def rule_block_counts(
+    start_tn: np.ndarray, count_tn: np.ndarray, stride_t: np.ndarray, n: int, block: int
+) -> np.ndarray:
+    """Entries of a disjoint rule in each (query block, key block) of side ``block``: per row
+    and term, the progression's keys in each key block it spans, by arithmetic."""
+    nb_ = (n + block - 1) // block
+    out = np.zeros((nb_, nb_), np.int64)
+    for q in range(n):
+        row = q // block
+        for t in range(stride_t.size):
+            c = count_tn[t, q]
+            if c <= 0:
+                continue
+            a = start_tn[t, q]
+            st = stride_t[t]
+            last = a + (c - 1) * st
+            for b in range(a // block, last // block + 1):
+                lo = max(a, b * block)
+                hi = min(last, b * block + block - 1)
+                i_lo = (lo - a + st - 1) // st
+                i_hi = (hi - a) // st
+                if i_hi >= i_lo:
+                    out[row, b] += i_hi - i_lo + 1
+    return out
+
+
+@nb.njit(cache=True, nogil=True)
+def _row_merged(start_tn, count_tn, stride_t, q, buf, merged, seg):
+    """Row q of a rule as merged intervals (a stride-1 term is one interval); returns the
+    possibly grown buffers and the number k of intervals in merged[:k]."""
+    num_terms = stride_t.size
+    m = 0
+    for t in range(num_terms):
+        seg[t] = m
+        c = count_tn[t, q]
+        if c <= 0:
+            continue
+        s = start_tn[t, q]
+        st = stride_t[t]
+        pieces = 1 if st == 1 else c
+        if m + pieces > buf.size:
+            grown = np.empty(max(2 * buf.size, m + pieces), np.int64)
+            grown[:m] = buf[:m]
+            buf = grown
+        if st == 1:
+            buf[m] = _pack(s, s + c - 1)
+            m += 1
+        else:
+            for i in range(c):
+                buf[m] = _pack(s + i * st, s + i * st)
+                m += 1
+    seg[num_terms] = m
+    if merged.size < m:
+        merged = np.empty(max(m, 2 * merged.size), np.int64)
+    return buf, merged, _kway_merge(buf, seg, merged)  # each term's keys ascend
+
+
+@nb.njit(cache=True, nogil=True)
+def union_degrees(
+    start_tn: np.ndarray, count_tn: np.ndarray, stride_t: np.ndarray, n: int
+) -> tuple[np.ndarray, np.int64]:
+    """Keys per row of a rule whose terms may overlap, and its entries with key > query."""
+    deg = np.zeros(n, np.int64)
+    violations = np.int64(0)
+    buf = np.empty(_INITIAL, np.int64)
+    merged = np.empty(_INITIAL, np.int64)
+    seg = np.zeros(stride_t.size + 1, np.int64)
+    for q in range(n):
+        buf, merged, k = _row_merged(start_tn, count_tn, stride_t, q, buf, merged, seg)
+        for i in range(k):
+            lo = merged[i] >> _SHIFT
+            hi = merged[i] & _LOW
+            deg[q] += hi - lo + 1
+            if hi > q:
+                violations += hi - max(lo, q + 1) + 1
+    return deg, violations
+
+
+@nb.njit(cache=True, nogil=True)
+def union_block_counts(
+    start_tn: np.ndarray, count_tn: np.ndarray, stride_t: np.ndarray, n: int, block: int
+) -> np.ndarray:
+    """:func:`rule_block_counts` for a rule whose terms may overlap (rows merged first)."""
+    nb_ = (n + block - 1) // block
+    out = np.zeros((nb_, nb_), np.int64)
+    buf = np.empty(_INITIAL, np.int64)
+    merged = np.empty(_INITIAL, np.int64)
+    seg = np.zeros(stride_t.size + 1, np.int64)
+    for q in range(n):
+        buf, merged, k = _row_merged(start_tn, count_tn, stride_t, q, buf, merged, seg)
+        for i in range(k):
+            lo = merged[i] >> _SHIFT
+            hi = merged[i] & _LOW
+            for b in range(lo // block, hi // block + 1):
+                out[q // block, b] += min(hi, b * block + block - 1) - max(lo, b * block) + 1
+    return out

@@ -23,6 +23,7 @@ from flowgraph.reach import Reach, reach_bytes, reach_summary
 __all__ = ["ENGINES", "Report", "check"]
 
 ENGINES = ("auto", "intervals", "bitsets")
+PROGRESS_DELAY_S = 2.0  # a progress bar appears only for checks that take longer than this
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,9 @@ def check(
     engine : ``"intervals"`` reads the pattern's rules (library constructors, their stacks):
         reach sets as interval unions, no n×n memory, n = 1,048,576 in seconds;
         ``"bitsets"`` builds the CSR steps and packed n×n reach bits (any pattern, 2·n²/8 bytes);
-        ``"auto"`` (default) takes intervals when the pattern has rules. Both give equal reports.
+        ``"auto"`` (default) takes intervals when the pattern's rules are disjoint (every library
+        constructor and its interleaved stacks), and for unions of steps (merged/heads stacks)
+        bitsets while they fit in ``max_bytes``. Both engines give equal reports.
     progress : True shows a tqdm bar on stderr when the check takes more than two seconds; a
         callable is called with the number of rows done, step after step (n · num_steps in all).
     max_bytes : refuse up front (ValueError, with the memory needed) a check that needs more.
@@ -165,7 +168,15 @@ def check(
             f"engine='intervals' needs a pattern given by rules (the library constructors); "
             f"{pattern.name!r} was given by masks: use engine='bitsets' or 'auto'"
         )
-    use_intervals = rules is not None and engine != "bitsets"
+    # A union of steps (merged/heads stacks) has rows like strided's window ∪ its columns, whose
+    # reach sets are ~√n intervals each: there the bitsets are faster while they fit in memory.
+    use_intervals = rules is not None and (
+        engine == "intervals"
+        or (
+            engine == "auto"
+            and (all(r.disjoint for r in rules) or reach_bytes(pattern.n) > max_bytes)
+        )
+    )
     if not isinstance(progress, bool) and not callable(progress):
         raise TypeError(f"progress must be a bool or a callable, got {type(progress).__name__}")
     n = pattern.n
@@ -224,5 +235,7 @@ def _with_progress(
         return run(None)
     from tqdm import tqdm  # imported only when a bar is asked for
 
-    with tqdm(total=total, unit="row", unit_scale=True, delay=2.0, desc="check") as bar:
+    with tqdm(
+        total=total, unit="row", unit_scale=True, delay=PROGRESS_DELAY_S, desc="check"
+    ) as bar:
         return run(bar.update)

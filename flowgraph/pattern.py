@@ -271,6 +271,29 @@ class Pattern:
             {**self._params, "merged_from": self._name},
         )
 
+    def block_counts(self, step: int, block: int) -> np.ndarray:
+        """(nb, nb) int64 with nb = ⌈n/block⌉: the entries of step ``step`` in each block of
+        block × block positions. A rule is counted without its CSR (so this works at
+        n = 1,048,576); a step given by masks from its CSR."""
+        step = self._step_index(step)
+        block = _validate.positive_int("block", block)
+        nb = -(-self._n // block)
+        _validate.memory(
+            f"block_counts(block={block}) at n={self._n}", 8 * nb * nb, self._max_bytes
+        )
+        rule = self._rules[step] if self._rules is not None else None
+        if rule is not None:
+            from flowgraph import _interval_kernels  # numba: imported on first use
+
+            if rule.disjoint:
+                return _interval_kernels.rule_block_counts(*rule.terms(), self._n, block)
+            return _interval_kernels.union_block_counts(*rule.terms(), self._n, block)
+        m = self._step(step)
+        rows = np.repeat(np.arange(self._n) // block, np.diff(m.indptr))
+        out = np.zeros((nb, nb), dtype=np.int64)
+        np.add.at(out, (rows, m.indices // block), 1)
+        return out
+
     def block_layout(self, block: int) -> np.ndarray:
         """(num_steps, nb, nb) bool with nb = ⌈n/block⌉: a block is on when any entry in it is."""
         block = _validate.positive_int("block", block)

@@ -11,8 +11,8 @@ Row q of a rule with terms t = 0..T−1 holds the keys
     start_tn[t, q] + i · stride_t[t]   for 0 ≤ i < count_tn[t, q].
 
 ``disjoint`` promises that no key appears in two terms of a row (the constructors' rules are
-built so); counts then come from arithmetic. A union of rules is not disjoint and is counted on
-its materialised rows instead.
+built so); counts then come from arithmetic. A union of rules is not disjoint: its rows are
+merged as intervals to be counted (compiled, no CSR).
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class StepRule:
             if self._disjoint:
                 deg = self._count_tn.sum(axis=0, dtype=np.int64)
             else:
-                deg = np.concatenate([np.diff(c.indptr) for _, c in self._csr_chunks()])
+                deg = self._union_counts()[0]
             deg.flags.writeable = False
             self._degrees = deg
         return self._degrees
@@ -142,11 +142,7 @@ class StepRule:
     def causality_violations(self) -> int:
         """Entries with key > query."""
         if not self._disjoint:
-            total = 0
-            for q0, chunk in self._csr_chunks():
-                rows = np.repeat(np.arange(q0, q0 + chunk.shape[0]), np.diff(chunk.indptr))
-                total += int(np.count_nonzero(chunk.indices > rows))
-            return total
+            return int(self._union_counts()[1])
         q_n = np.arange(self._n, dtype=np.int64)
         total = 0
         for t in range(self.num_terms):
@@ -155,6 +151,12 @@ class StepRule:
             upto = np.where(start <= q_n, (q_n - start) // self._stride_t[t] + 1, 0)
             total += int((count - np.minimum(count, upto)).sum())
         return total
+
+    def _union_counts(self) -> tuple[np.ndarray, int]:
+        from flowgraph._interval_kernels import union_degrees  # numba: imported on first use
+
+        deg, violations = union_degrees(*self.terms(), self._n)
+        return deg, int(violations)
 
     # --- materialising ------------------------------------------------------------------------
     def _row_chunks(self) -> Iterator[tuple[int, int]]:

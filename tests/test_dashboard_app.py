@@ -81,7 +81,7 @@ def test_a_bad_value_answers_with_a_message_not_a_traceback():
     client.get("/")  # the first request sets the callbacks up
     values = {
         "patterns-name": "fixed",
-        "patterns-n": 999999,
+        "patterns-n": 9999999,
         "patterns-stride": None,
         "patterns-summary": 1,
         "patterns-direction": "causal",
@@ -94,7 +94,7 @@ def test_a_bad_value_answers_with_a_message_not_a_traceback():
     response = client.post("/_dash-update-component", json=body)
     assert response.status_code == 200
     text = response.data.decode()
-    assert "n must be in 2..4096, got n=999999" in text
+    assert "n must be in 2..1048576, got n=9999999" in text
     assert "Traceback" not in text and 'File \\"' not in text
     # the report of the previous, valid settings must not stay beside the message
     shown = response.get_json()["response"]

@@ -60,7 +60,7 @@ def test_numbers_typed_as_text_or_floats_are_read_as_ints():
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        (("fixed", limits.MAX_CHECK_N + 1, None, 1), r"n must be in 2\.\.4096"),
+        (("fixed", limits.MAX_CHECK_N + 1, None, 1), r"n must be in 2\.\.1048576"),
         (("fixed", "abc", None, 1), "n must be an integer"),
         (("fixed", None, None, 1), "n is required"),
         (("fixed", 64, 0, 1), "stride must be in 1..64"),
@@ -119,13 +119,50 @@ def test_bidirectional_only_patterns_ignore_the_causal_setting():
     assert out["pattern"] == fg.ltr(16, stride=4) and not out["report"].causal
 
 
-def test_large_n_draws_placeholders_not_huge_figures():
+def test_large_n_draws_a_block_view_and_placeholders_not_huge_figures():
     n = limits.MAX_HEATMAP_N + 1
     out = page.analyse(_state(), "strided", n, None, 1, "causal", None, "interleave", True, None)
-    assert "heatmaps are drawn for n ≤" in out["masks"].layout.meta["placeholder"]
+    assert "block view" in out["masks"].layout.title.text
+    assert "reach of every pair is drawn for n ≤" in out["reach"].layout.meta["placeholder"]
     assert "flow graph is drawn for n ≤" in out["graph"].layout.meta["placeholder"]
     assert out["report"].flow is None  # n above MAX_FLOW_N
     assert "above" in dict(out["rows"])["flow per query"]
+
+
+def test_a_million_tokens_are_checked_and_drawn_as_blocks():
+    """The report is exact at n = 2²⁰ (from the pattern's rules) and the masks figure has at most
+    MAX_BLOCK_CELLS² cells, each the fraction of its block's pairs that attend."""
+    n = 2**20
+    out = page.analyse(_state(), "ltr", n, None, 1, "bidirectional", None, "interleave", [], None)
+    report = out["report"]
+    assert report.full_information and report.edges == fg.ltr(n).edges()
+    panels = [t for t in out["masks"].data if t.type == "heatmap"]
+    assert len(panels) == 2
+    for trace, edges in zip(panels, report.edges, strict=True):
+        z = np.asarray(trace.z, dtype=float)
+        assert z.shape == (limits.MAX_BLOCK_CELLS, limits.MAX_BLOCK_CELLS)
+        assert 0 <= z.min() and z.max() <= 1
+        block = n // limits.MAX_BLOCK_CELLS
+        assert round(float(z.sum()) * block * block) == edges  # fractions of whole blocks
+
+
+@pytest.mark.parametrize(
+    ("n", "layers", "mode", "match"),
+    [
+        (2**20, 5, "interleave", r"layers=5 at n=1,048,576 is 5,242,880 rows to check"),
+        (limits.MAX_UNION_CHECK_N + 1, 2, "merged", r"mode 'merged' joins steps"),
+        (limits.MAX_UNION_CHECK_N + 1, 2, "heads", r"checks it for n ≤ 16,384"),
+    ],
+)
+def test_stacks_that_would_take_minutes_are_refused(n, layers, mode, match):
+    with pytest.raises(ValueError, match=match):
+        page.stack_pattern(fg.strided(n), layers, mode)
+
+
+def test_wide_fixed_summaries_are_checked_only_at_small_n():
+    assert page.build_pattern("fixed", 4096, 64, 9, causal=True).rules is None  # CSR, fine
+    with pytest.raises(ValueError, match=r"fixed with summary=9 > 8 is built entry by entry"):
+        page.build_pattern("fixed", 8192, 64, 9, causal=True)
 
 
 def _npz(**arrays: np.ndarray) -> bytes:

@@ -8,16 +8,20 @@ import io
 import zipfile
 
 __all__ = [
+    "MAX_BLOCK_CELLS",
     "MAX_CHECK_N",
+    "MAX_CHECK_ROWS",
     "MAX_COMPARE_N",
     "MAX_FLOW_GRAPH_N",
     "MAX_FLOW_N",
     "MAX_HEATMAP_N",
     "MAX_LAYERS",
+    "MAX_MASKS_CHECK_N",
     "MAX_NPZ_UNPACKED_BYTES",
     "MAX_PATH_CHARS",
     "MAX_TEXT_CHARS",
     "MAX_TOKENS_SHOWN",
+    "MAX_UNION_CHECK_N",
     "MAX_UPLOAD_BYTES",
     "check_choice",
     "check_flags",
@@ -27,7 +31,11 @@ __all__ = [
     "int_option",
 ]
 
-MAX_CHECK_N = 4096  # check() of one pattern stays well under a second up to here
+MAX_CHECK_N = 1_048_576  # a library pattern: check reads its rules, seconds at a million tokens
+MAX_CHECK_ROWS = 4 * 1_048_576  # n × steps (layers) of one check: about a minute on two cores
+MAX_UNION_CHECK_N = 16384  # merged/heads stacks: their union steps are checked in about a second
+MAX_MASKS_CHECK_N = 4096  # masks given entry by entry (uploads): the bitset engine, n² bits
+MAX_BLOCK_CELLS = 256  # above MAX_HEATMAP_N the masks are drawn as this many blocks a side
 MAX_HEATMAP_N = 256  # a step heatmap has n² cells: 65k cells per panel is what a browser draws fast
 MAX_FLOW_GRAPH_N = 64  # the layered graph draws every edge; above this it is a grey blur
 MAX_FLOW_N = 256  # the flow constraint is one max-flow per query

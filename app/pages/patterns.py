@@ -54,10 +54,10 @@ def build_pattern(
     if name == UPLOAD:
         if uploaded is None:
             raise ValueError("pattern 'upload' needs an .npz of masks: drop one on the upload box")
-        if uploaded.n > limits.MAX_CHECK_N:
+        if uploaded.n > limits.MAX_MASKS_CHECK_N:
             raise ValueError(
-                f"the uploaded masks have n={uploaded.n}; the dashboard checks n ≤ "
-                f"{limits.MAX_CHECK_N} (use `flowgraph check --masks` for more)"
+                f"the uploaded masks have n={uploaded.n}; the dashboard checks masks of n ≤ "
+                f"{limits.MAX_MASKS_CHECK_N} (use `flowgraph check --masks` for more)"
             )
         return uploaded
     if name not in PATTERNS:
@@ -76,7 +76,13 @@ def build_pattern(
     if name == "strided":
         return fg.strided(n, stride=l, causal=causal)
     c = limits.int_option("summary", summary, 1, l, default=1)
-    return fg.fixed(n, stride=l, summary=c, causal=causal)
+    pattern = fg.fixed(n, stride=l, summary=c, causal=causal)
+    if pattern.rules is None and n > limits.MAX_MASKS_CHECK_N:  # a wide summary: built as CSR
+        raise ValueError(
+            f"fixed with summary={c} > 8 is built entry by entry; the dashboard checks it for "
+            f"n ≤ {limits.MAX_MASKS_CHECK_N}, got n={n} (use `flowgraph check` for more)"
+        )
+    return pattern
 
 
 def idle_controls(name: object, layers: object) -> set[str]:
@@ -102,6 +108,17 @@ def stack_pattern(pattern: fg.Pattern, layers: object, mode: object) -> fg.Patte
     layers = limits.int_option("layers", layers, 1, limits.MAX_LAYERS)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode != "interleave" and pattern.n > limits.MAX_UNION_CHECK_N:
+        raise ValueError(
+            f"mode {mode!r} joins steps whose reach sets are ~√n intervals a row; the dashboard "
+            f"checks it for n ≤ {limits.MAX_UNION_CHECK_N:,}, got n={pattern.n:,} "
+            "(interleave has no such limit; `flowgraph check` takes any n)"
+        )
+    if pattern.n * layers > limits.MAX_CHECK_ROWS:
+        raise ValueError(
+            f"layers={layers} at n={pattern.n:,} is {pattern.n * layers:,} rows to check; the "
+            f"dashboard checks n × layers ≤ {limits.MAX_CHECK_ROWS:,} (use `flowgraph check`)"
+        )
     return fg.stack(pattern, layers, str(mode))
 
 
@@ -311,9 +328,12 @@ def _analyse(state: DashboardState, settings: Settings) -> dict[str, Any]:
     if n_ <= limits.MAX_HEATMAP_N:
         masks = lighten(plot.make_mask_figure(pattern))
         reach = lighten(plot.make_reachability_figure(pattern, report))
-    else:
-        why = f"n={n_}: heatmaps are drawn for n ≤ {limits.MAX_HEATMAP_N}"
-        masks = reach = placeholder_figure(why)
+    else:  # too many entries for a browser: the masks as blocks, the reach as the report's counts
+        masks = lighten(plot.make_block_mask_figure(pattern, limits.MAX_BLOCK_CELLS))
+        reach = placeholder_figure(
+            f"n={n_:,}: the reach of every pair is drawn for n ≤ {limits.MAX_HEATMAP_N}; "
+            "the report counts them all, the masks are drawn as blocks"
+        )
     if n_ <= limits.MAX_FLOW_GRAPH_N:
         graph = lighten(plot.make_flow_graph_figure(pattern, report))
     else:
