@@ -20,6 +20,7 @@ import numpy as np
 import flowgraph as fg
 from flowgraph.app.cli_command import add_command
 from flowgraph.app.cli_dashboard import add_subcommand as add_dashboard
+from flowgraph.app.cli_flow import add_subcommand as add_flow
 from flowgraph.app.cli_heads import add_subcommand as add_heads
 from flowgraph.app.cli_word2vec import add_subcommand as add_word2vec
 
@@ -76,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--heads", type=int, help="heads per layer (with --mode heads)")
     check.add_argument("--flow", action="store_true", help="also compute the flow constraint")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument(
+        "--quiet", action="store_true", help="no progress bar (shown on stderr past 2 s)"
+    )
 
     demo = add_command(sub, "demo", _run_demo, "check the published patterns and draw them")
     demo.add_argument("--n", type=int, default=1024, help="sequence length of the comparison")
@@ -83,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     add_dashboard(sub)
     add_heads(sub)
+    add_flow(sub)
     add_word2vec(sub)
     return parser
 
@@ -287,7 +292,7 @@ def _run_check(args: argparse.Namespace) -> int:
         pattern = fg.stack(pattern, args.layers, args.mode or "interleave", heads=args.heads)
     elif args.mode is not None or args.heads is not None:
         raise UsageError("--mode and --heads need --layers K")
-    report = fg.check(pattern, flow=args.flow)
+    report = fg.check(pattern, flow=args.flow, progress=not args.quiet)
     code = EXIT_FULL if report.full_information else EXIT_MISSING
     if args.json:
         text = json.dumps(

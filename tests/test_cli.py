@@ -61,6 +61,18 @@ def test_json_equals_the_api_report(capsys, flow):
     assert (got["flow"] is not None) == flow
 
 
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_long_check_shows_a_progress_bar_on_stderr_only(capsys, monkeypatch, quiet):
+    """The bar (tqdm, past PROGRESS_DELAY_S: here 0) goes to stderr; --json stays parseable."""
+    monkeypatch.setattr(sys.modules["flowgraph.check"], "PROGRESS_DELAY_S", 0.0)
+    argv = ["check", "ltr", "--n", "40000", "--json", *(["--quiet"] if quiet else [])]
+    code, out, err = run(capsys, *argv)
+    assert code == 0
+    assert json.loads(out)["full_information"] is True
+    assert ("check: 100%" in err) != quiet
+    assert ("80.0k/80.0k" in err) != quiet  # n rows for each of the two steps
+
+
 def test_stack_options_reach_the_report(capsys):
     code, out, _ = run(
         capsys,
