@@ -287,6 +287,30 @@ def _distinct_distances(s_cc: np.ndarray, e_tc: np.ndarray) -> np.ndarray:
     return d2_tt
 
 
+def check_attention(attn: object, name: str) -> np.ndarray:
+    """``attn`` as float64 (L, H, T, T) softmax attention — real, finite, ≥ 0, every row summing
+    to 1 or all 0 — else a TypeError/ValueError naming ``name``."""
+    arr = np.asarray(attn)
+    if arr.dtype == np.bool_ or arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    if arr.ndim != 4 or arr.shape[2] != arr.shape[3] or 0 in arr.shape:
+        raise ValueError(f"{name} must have shape (L, H, T, T) with L, H, T ≥ 1, got {arr.shape}")
+    arr = arr.astype(np.float64, copy=False)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
+    if (arr < 0).any():
+        raise ValueError(f"{name} must be ≥ 0 (softmax weights), got min {arr.min():.3g}")
+    total_lht = arr.sum(-1)
+    bad = (total_lht != 0) & (np.abs(total_lht - 1) > ROW_SUM_ATOL)
+    if bad.any():
+        layer, h, q = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{name} rows must sum to 1 (or be all 0), but layer {layer}, head {h}, query {q} "
+            f"sums to {total_lht[layer, h, q]:.6g}"
+        )
+    return arr
+
+
 def coverage(attn_lhtt: np.ndarray, pattern: Pattern, mode: str = "merged") -> np.ndarray:
     """The fraction of each head's attention mass inside ``pattern``'s mask, (L, H) in [0, 1].
 
@@ -310,28 +334,10 @@ def coverage(attn_lhtt: np.ndarray, pattern: Pattern, mode: str = "merged") -> n
         raise TypeError(f"pattern must be a flowgraph.Pattern, got {type(pattern).__name__}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got mode={mode!r}")
-    attn = np.asarray(attn_lhtt)
-    if attn.dtype == np.bool_ or attn.dtype.kind not in "iuf":
-        raise TypeError(f"attn_lhtt must be a real numeric array, got dtype {attn.dtype}")
-    if attn.ndim != 4 or attn.shape[2] != attn.shape[3] or 0 in attn.shape:
-        raise ValueError(
-            f"attn_lhtt must have shape (L, H, T, T) with L, H, T ≥ 1, got {attn.shape}"
-        )
-    attn = attn.astype(np.float64, copy=False)
+    attn = check_attention(attn_lhtt, "attn_lhtt")
     L, H, T, _ = attn.shape
-    if not np.isfinite(attn).all():
-        raise ValueError("attn_lhtt holds NaN or infinite values")
-    if (attn < 0).any():
-        raise ValueError(f"attn_lhtt must be ≥ 0 (softmax weights), got min {attn.min():.3g}")
     total_lht = attn.sum(-1)
     empty_lht = total_lht == 0
-    bad = ~empty_lht & (np.abs(total_lht - 1) > ROW_SUM_ATOL)
-    if bad.any():
-        layer, h, q = (int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"attn_lhtt rows must sum to 1 (or be all 0), but layer {layer}, head {h}, query {q} "
-            f"sums to {total_lht[layer, h, q]:.6g}"
-        )
     if empty_lht.all(axis=-1).any():
         layer, h = (int(i) for i in np.argwhere(empty_lht.all(axis=-1))[0])
         raise ValueError(f"attn_lhtt layer {layer}, head {h} has no attention mass in any row")

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from flowgraph.models.heads.metrics import ROW_SUM_ATOL
+from flowgraph.models.heads.metrics import check_attention
 
 __all__ = ["attention_array", "mixed_attention", "rollout"]
 
@@ -34,28 +34,7 @@ def _residual(residual: object) -> float:
 
 
 def _check_attention(attn: object) -> np.ndarray:
-    """``attn`` as float64 (L, H, T, T) softmax attention: rows sum to 1 or are all 0."""
-    arr = np.asarray(attn)
-    if arr.dtype == np.bool_ or arr.dtype.kind not in "iuf":
-        raise TypeError(f"attention must be a real numeric array, got dtype {arr.dtype}")
-    if arr.ndim != 4 or arr.shape[2] != arr.shape[3] or 0 in arr.shape:
-        raise ValueError(
-            f"attention must have shape (L, H, T, T) with L, H, T ≥ 1, got shape {arr.shape}"
-        )
-    arr = arr.astype(np.float64, copy=False)
-    if not np.isfinite(arr).all():
-        raise ValueError("attention holds NaN or infinite values")
-    if (arr < 0).any():
-        raise ValueError(f"attention must be ≥ 0 (softmax weights), got min {arr.min():.3g}")
-    total_lht = arr.sum(-1)
-    bad = (total_lht != 0) & (np.abs(total_lht - 1) > ROW_SUM_ATOL)
-    if bad.any():
-        layer, h, q = (int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"attention rows must sum to 1 (or be all 0), but layer {layer}, head {h}, "
-            f"query {q} sums to {total_lht[layer, h, q]:.6g}"
-        )
-    return arr
+    return check_attention(attn, "attention")
 
 
 def attention_array(source: object, ids: object = None) -> np.ndarray:
