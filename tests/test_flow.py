@@ -106,3 +106,12 @@ def test_flow_separates_the_star_from_the_published_patterns():
         fl = fg.check(p, flow=True).flow
         assert fl.median >= 4 * star.median, name  # √n/2 = 8 or more, against the star's 2
         assert fl.mean > 2 * star.mean, name
+
+
+@pytest.mark.parametrize("make", [lambda: fg.strided(600), lambda: fg.ltr(500, 7)])
+def test_flow_in_threads_equals_one_thread(make):
+    """Each query's max flow is independent: any thread count gives the same integers."""
+    from flowgraph.flow import flow_per_query
+
+    p = make()
+    assert np.array_equal(flow_per_query(p, threads=2), flow_per_query(p, threads=1))
