@@ -121,6 +121,11 @@ def _pair_text(labels: list[str]) -> np.ndarray:
 
 
 # --- forms --------------------------------------------------------------------------------------
+def form_symbol(form: QKForm) -> str:
+    """The form's name in the docs' algebra: M for a head-space metric, U in model space."""
+    return "M" if form.space == "head" else "U"
+
+
 def make_form_figure(
     form: QKForm, *, parts: str | Sequence[str] = FORM_PARTS, title: str | None = None
 ) -> go.Figure:
@@ -139,10 +144,11 @@ def make_form_figure(
     chosen = [parts] if isinstance(parts, str) else list(parts)
     if not chosen or any(p not in FORM_PARTS for p in chosen):
         raise ValueError(f"parts must be among {', '.join(FORM_PARTS)}, got parts={parts!r}")
+    u = form_symbol(form)
     names = {
-        "matrix": "U",
-        "symmetric": "sym = (U + Uᵀ)/2",
-        "antisymmetric": "antisym = (U − Uᵀ)/2",
+        "matrix": u,
+        "symmetric": f"sym = ({u} + {u}ᵀ)/2",
+        "antisymmetric": f"antisym = ({u} − {u}ᵀ)/2",
     }
     n = form.matrix.shape[0]
     dim = "k (head space)" if form.space == "head" else "c (model space)"
@@ -187,7 +193,8 @@ def make_form_figure(
         fig,
         figure_title(
             title or f"{what}, {n}×{n} ({dim})",
-            f"symmetry ‖sym‖/‖U‖ = {form.symmetry:.3f}; scores = {form.scale:.4g} · x_a U x_bᵀ",
+            f"symmetry ‖sym‖/‖{u}‖ = {form.symmetry:.3f}; scores = {form.scale:.4g} · "
+            + ("p_a M p_bᵀ (p = P·x)" if form.space == "head" else "x_a U x_bᵀ"),
         ),
         width=max(460, 90 + 380 * len(chosen)),
         height=500,
@@ -203,7 +210,10 @@ def make_spectrum_figure(form: QKForm, *, title: str | None = None) -> go.Figure
     fig = make_subplots(
         rows=1,
         cols=2,
-        subplot_titles=["eigenvalues of the symmetric part", "singular values of U"],
+        subplot_titles=[
+            "eigenvalues of the symmetric part",
+            f"singular values of {form_symbol(form)}",
+        ],
         horizontal_spacing=0.12,
     )
     lam = form.eigenvalues
@@ -242,7 +252,7 @@ def make_spectrum_figure(form: QKForm, *, title: str | None = None) -> go.Figure
         figure_title(
             title or f"spectra of the {form.matrix.shape[0]}×{form.matrix.shape[0]} form",
             f"{positive} positive, {negative} negative eigenvalues; "
-            f"‖U‖_F = {float(np.sqrt((sv**2).sum())):.4g}",
+            f"‖{form_symbol(form)}‖_F = {float(np.sqrt((sv**2).sum())):.4g}",
         ),
         width=900,
         height=420,

@@ -291,3 +291,23 @@ def test_combined_figure_exports_to_png(tmp_path) -> None:
     fig = plots.side_by_side(plots.make_form_figure(form), plots.make_spectrum_figure(form))
     out = write_png(fig, tmp_path / "heads.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(("space", "symbol"), [("head", "M"), ("model", "U")])
+def test_a_form_is_named_as_in_the_docs_algebra(space, symbol) -> None:
+    """A metric head's head-space form is its metric M, not "U" (a newcomer saw "U")."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(1, 3, 3))
+    weights = HeadWeights("metric", 3**-0.5, p_hck=rng.normal(size=(1, 6, 3)), m_hkk=a + a.mT)
+    form = qk_form(weights, 0, space)
+    fig = plots.make_form_figure(form)
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles[:3] == [
+        symbol,
+        f"sym = ({symbol} + {symbol}ᵀ)/2",
+        f"antisym = ({symbol} − {symbol}ᵀ)/2",
+    ]
+    assert f"‖sym‖/‖{symbol}‖" in fig.layout.title.subtitle.text
+    spectrum = plots.make_spectrum_figure(form)
+    assert f"singular values of {symbol}" in [a.text for a in spectrum.layout.annotations]
+    assert f"‖{symbol}‖_F" in spectrum.layout.title.subtitle.text

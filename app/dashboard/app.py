@@ -1,4 +1,4 @@
-"""``create_app``: the Dash app over a set of roots — three pages, a nav, local assets only."""
+"""``create_app``: the Dash app over a set of roots — four pages, a nav, local assets only."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from dash import Dash, dcc, html
 from flowgraph.app.dashboard.plotlyjs import gzipped_plotlyjs, serve_plotlyjs
 from flowgraph.app.dashboard.state import STATE_KEY, DashboardState
 from flowgraph.app.dashboard.wire import install_request_checks
-from flowgraph.app.pages import embeddings, heads, patterns
+from flowgraph.app.pages import embeddings, flow, heads, patterns
 
 __all__ = ["PAGES", "create_app", "warm"]
 
-PAGES = (patterns, heads, embeddings)
+PAGES = (patterns, heads, embeddings, flow)
 ASSETS = Path(__file__).resolve().parent / "assets"
 # an upload (≤ 4 MiB: 5.6 MB as base64) plus its file name; every other request is a few kB.
 # A cap near the largest real request also caps the memory one request's JSON can take.

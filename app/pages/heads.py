@@ -190,6 +190,7 @@ def head_figures(
             ("form", real, layer, head, space, tuple(parts)), form_figures
         )
         out["symmetry"] = form.symmetry
+        out["symbol"] = plots.form_symbol(form)  # M in head space, U in model space
 
     def token_figures() -> tuple[go.Figure, go.Figure]:
         d2_tt = ckpt.token_distances(layer, head, ids, positions=positions)
@@ -537,7 +538,7 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
         names = FIGURES[half]
         figs = [left[n] for n in names]
         symmetry = (
-            f"symmetry ‖sym‖/‖U‖ = {left['symmetry']:.3f} ({left['ckpt'].name})"
+            f"symmetry ‖sym‖/‖{left['symbol']}‖ = {left['symmetry']:.3f} ({left['ckpt'].name})"
             if half == "form"
             else None
         )
