@@ -25,8 +25,8 @@ def test_quick_run_prints_the_table_and_the_goals(tmp_path: Path) -> None:
         assert float(row[2]) > 0, row
     found = re.findall(r"^- (.*): ([\d.e+-]+)×? .*— (met|NOT met)$", proc.stdout, re.M)
     assert [g[0] for g in found] == [
-        "≥ 100× networkx at 3 layers, T = 12",
-        "4 layers at T = 24 < 60 s",
+        "≥ 100× networkx at 6 layers, T = 12",
+        "6 layers at T = 24 < 60 s",
     ]
     ours = float(rows[2][3])
     baseline = float(rows[5][3].split()[0])
@@ -34,6 +34,12 @@ def test_quick_run_prints_the_table_and_the_goals(tmp_path: Path) -> None:
     assert speedup == pytest.approx(baseline / ours, rel=0.01)  # printed from the table
     assert found[0][2] == ("met" if speedup >= 100 else "NOT met")
     assert "max relative |Δ| vs networkx = " in proc.stdout
+    assert "max relative |Δ| vs per-pair Dinic (big) = " in proc.stdout
+    assert "share of big pairs settled by the certificate = " in proc.stdout
+    assert "per-pair Dinic alone" in steps[5] and rows[6][3].endswith("(extrapolated)")
+    assert steps[6].startswith("6 layers at T = 24, last layer") and rows[7][1] == f"{24 * 24:,}"
+    big = float(rows[7][3])  # measured on every pair, not extrapolated
+    assert float(re.search(r"6 layers at T = 24 < 60 s: ([\d.e+-]+) s", proc.stdout)[1]) == big
 
 
 @pytest.mark.parametrize(
@@ -58,6 +64,14 @@ def test_the_script_fails_when_the_flows_disagree(monkeypatch) -> None:
         lambda mixed, pairs: {p: v * 1.01 for p, v in real(mixed, pairs).items()},
     )
     with pytest.raises(AssertionError, match="attention_flow and networkx disagree"):
+        script.measure(script.QUICK)
+
+
+def test_the_script_fails_when_the_certificate_and_the_search_disagree(monkeypatch) -> None:
+    script = load_script("attention_flow")
+    real = script.solve_pairs
+    monkeypatch.setattr(script, "solve_pairs", lambda mixed, tasks: real(mixed, tasks) * 1.01)
+    with pytest.raises(AssertionError, match="the certificate and the per-pair Dinic disagree"):
         script.measure(script.QUICK)
 
 

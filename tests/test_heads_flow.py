@@ -12,7 +12,13 @@ import torch
 from flowgraph.models.checkpoint import save_checkpoint
 from flowgraph.models.gpt import GPT, GPTConfig
 from flowgraph.models.heads import attention_flow, load_checkpoint, mixed_attention, rollout
-from flowgraph.models.heads.attention_flow import flow_networkx, layered_max_flow, solve_pairs
+from flowgraph.models.heads.attention_flow import (
+    MEET_SLACK,
+    flow_networkx,
+    layered_max_flow,
+    meeting_certificate,
+    solve_pairs,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -297,10 +303,125 @@ def test_flow_equals_networkx_at_a_larger_size_on_sampled_pairs(causal, scale):
         assert flow[pair] == pytest.approx(value, rel=RTOL, abs=1e-15), pair
 
 
-def test_module_doctests_run() -> None:
+# --- the meeting certificate ------------------------------------------------------------------
+def assert_equals_networkx(mixed: np.ndarray, layer: int, got_qk: np.ndarray) -> None:
+    """Every finite entry of ``got_qk`` equals networkx's max flow to (layer, q) from (0, k)."""
+    q_idx, k_idx = np.nonzero(np.isfinite(got_qk))
+    ref = flow_networkx(mixed, [(layer, int(q), int(k)) for q, k in zip(q_idx, k_idx, strict=True)])
+    for (_, q, k), value in ref.items():
+        assert got_qk[q, k] == pytest.approx(value, rel=RTOL, abs=1e-15), (layer, q, k)
+
+
+@pytest.mark.parametrize(("seed", "L", "T", "scale"), [(21, 6, 12, 3.0), (22, 7, 16, 2.0)])
+def test_meeting_certificate_settles_dense_attention_and_equals_networkx(seed, L, T, scale):
+    """Dense attention: nearly every spread and gather saturates, so the pairs of layers ≥ 6 are
+    settled without a per-pair search, and each value is networkx's max flow."""
+    attn = random_attention(np.random.default_rng(seed), L, 2, T, scale=scale)
+    mixed = mixed_attention(attn)
+    flow = layered_max_flow(mixed)
+    for layer in range(6, L + 1):
+        met = meeting_certificate(mixed, layer)
+        settled = np.isfinite(met)
+        assert settled.mean() > 0.9, (layer, settled.mean())  # the certificate did the work
+        np.testing.assert_array_equal(met[settled], flow[layer][settled])  # layered_max_flow too
+        assert_equals_networkx(mixed, layer, met)
+
+
+def test_meeting_certificate_equals_the_per_pair_search_at_a_larger_size():
+    """T = 40, 8 layers: the certified values against the compiled Dinic on every pair."""
+    attn = random_attention(np.random.default_rng(22), 8, 3, 40, scale=2.0)
+    mixed = mixed_attention(attn)
+    met = meeting_certificate(mixed, 8)
+    assert np.isfinite(met).mean() > 0.99
+    q, k = np.nonzero(np.isfinite(met))
+    searched = solve_pairs(mixed, np.stack([k, np.full_like(k, 8), q], axis=1))
+    np.testing.assert_allclose(met[q, k], searched, rtol=2 * MEET_SLACK, atol=1e-15)
+
+
+def bottleneck_capacities(rng: np.random.Generator, L: int, T: int, where: int) -> np.ndarray:
+    """Dense random capacities whose layer ``where`` is scaled by 1e-3: the min cut runs through
+    the middle, below both the source's and the target's cut."""
+    cap = rng.random((L, T, T)) + 0.05
+    cap[where - 1] *= 1e-3
+    return cap
+
+
+@pytest.mark.parametrize("where", [2, 5])  # a bottleneck in the spread half, in the gather half
+def test_meeting_certificate_declines_a_middle_cut(where):
+    """A certificate that cannot be met must say so (NaN), never claim min(c_k, d_q); the
+    search then gives networkx's value."""
+    cap = bottleneck_capacities(np.random.default_rng(23), 6, 6, where)
+    assert np.isnan(meeting_certificate(cap, 6)).all()
+    flow = layered_max_flow(cap)
+    assert (flow[6] < 0.1 * np.minimum(cap[0].sum(0)[None, :], cap[5].sum(1)[:, None])).all()
+    np.testing.assert_allclose(flow, networkx_all(cap), rtol=RTOL, atol=1e-15)
+
+
+def test_causal_pairs_fall_back_to_the_search_and_equal_networkx():
+    """A causal model: the source k cannot spread to positions < k, so uniform meeting fails for
+    all but k = 0 / q = T − 1 and the search answers; flow stays lower-triangular."""
+    attn = random_attention(np.random.default_rng(24), 6, 2, 9, causal=True)
+    mixed = mixed_attention(attn)
+    met = meeting_certificate(mixed, 6)
+    assert np.isnan(met[:, 1:]).all() and np.isnan(met[:-1, :]).all()
+    assert_equals_networkx(mixed, 6, met)
+    flow = attention_flow(attn)
+    np.testing.assert_allclose(flow, networkx_all(mixed), rtol=RTOL, atol=1e-15)
+    assert (flow[:, np.triu(np.ones((9, 9), dtype=bool), 1)] == 0).all()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_flow_equals_networkx_on_random_mixed_graphs(seed):
+    """Random graphs across the regimes the certificate must get right or decline: dense or
+    sparse, capacities over ten decades (1e-9 .. 10), causal or not, a zero column or row."""
+    rng = np.random.default_rng(100 + seed)
+    L, T = int(rng.integers(6, 8)), int(rng.integers(4, 9))
+    cap = 10.0 ** rng.uniform(-9, 1, (L, T, T))
+    cap *= rng.random((L, T, T)) < rng.choice([1.0, 0.7, 0.35])
+    cap += np.eye(T) * rng.choice([0.0, 1.0])  # a residual stream, or none
+    if seed % 2:
+        cap *= np.tril(np.ones((T, T)))  # causal
+    if seed % 3 == 0:
+        cap[0][:, 0] = 0.0  # source 0 reaches nothing
+        cap[-1][T - 1] = 0.0  # target T − 1 is fed by nothing
+    np.testing.assert_allclose(layered_max_flow(cap), networkx_all(cap), rtol=RTOL, atol=1e-15)
+    for layer in range(6, L + 1):
+        assert_equals_networkx(cap, layer, meeting_certificate(cap, layer))
+
+
+@pytest.mark.parametrize("scale", [1e-7, 1.0, 1e4])
+def test_certified_flow_equals_networkx_at_extreme_scales_and_tiny_arcs(scale):
+    """Dense graphs the certificate settles, scaled over eleven decades, with a tenth of the
+    arcs at 1e-12 of the rest: the certified values still equal networkx's."""
+    rng = np.random.default_rng(30)
+    L, T = 6, 10
+    cap = rng.random((L, T, T)) + 2 * np.eye(T)
+    cap = np.where(rng.random((L, T, T)) < 0.1, cap * 1e-12, cap) * scale
+    met = meeting_certificate(cap, L)
+    assert np.isfinite(met).mean() > 0.5  # the certificate, not the search, is under test
+    assert_equals_networkx(cap, L, met)
+    np.testing.assert_allclose(layered_max_flow(cap, layers=L)[L], networkx_all(cap)[L], rtol=RTOL)
+
+
+@pytest.mark.parametrize(
+    ("layer", "error", "message"),
+    [
+        (5, ValueError, "layer must be in [6, L = 7] for a meeting certificate, got 5"),
+        (8, ValueError, "layer must be in [6, L = 7] for a meeting certificate, got 8"),
+        (True, TypeError, "layer must be an int, got True"),
+        (6.0, TypeError, "layer must be an int, got 6.0"),
+    ],
+)
+def test_bad_meeting_layer(layer, error, message):
+    with pytest.raises(error, match=_re(message)):
+        meeting_certificate(np.ones((7, 3, 3)) / 3, layer)
+
+
+@pytest.mark.parametrize("name", ["rollout", "attention_flow"])
+def test_module_doctests_run(name) -> None:
     import doctest
     import importlib
 
-    module = importlib.import_module("flowgraph.models.heads.rollout")  # not the function
+    module = importlib.import_module(f"flowgraph.models.heads.{name}")  # not the function
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0

@@ -10,22 +10,48 @@ the identity (a node is its own source), as in :func:`~models.heads.rollout.roll
 code runs networkx's Edmonds–Karp once per pair, minutes for a 6-layer model at 128 tokens.
 
 Layers 1 and 2 have closed forms (one edge; Σ_i min(Â_1[i, k], Â_2[q, i]), since two-layer paths
-share no edge). Deeper, each (source, target) problem is solved by Dinic's algorithm on arrays,
-compiled with numba and run in parallel over the problems (``prange``). It exploits the layered
-structure: arcs are implicit in dense (T, T) blocks per layer (one residual array), a target at
-layer l needs layers 1..l only, the only live nodes of layers 0 and l are the source and the
-target, the first phase needs no search (with no flow yet, a node's BFS level is its layer),
-its DFS reads each node's arcs by descending capacity, except that the last two layers are
-read through a union-find over their live nodes (ranked by the target's in-edges) so that their
-dead nodes are skipped rather than scanned, and a pair that no positive path joins (a causal
-model's k > q) is 0 without a search.
+share no edge). Deeper, most pairs are settled by a *meeting certificate* that shares the work of
+one source across every target and of one target across every source; the rest are solved one
+by one by Dinic's algorithm.
+
+Meeting certificate. Two cuts bound the flow of a pair: the source's out-edges (capacity c_k =
+Σ_i Â_1[i, k]) and the target's in-edges (d_q = Σ_i Â_l[q, i]), so flow ≤ v = min(c_k, d_q). For
+l ≥ 6 pick the middle layer m = ⌊l/2⌋ (≥ 3 layers a side: with two, a spread rarely meets π) and
+a distribution π over its positions (uniform). *Spread* k: a max
+flow from (0, k) through layers 1..m into a sink fed by each (m, i) with capacity c_k·π_i; if it
+saturates (value c_k), a flow S_k leaves (0, k) with c_k and arrives at (m, i) with exactly
+c_k·π_i. *Gather* q: the same on the reversed layers m..l, a flow G_q entering each (m, i) with
+d_q·π_i and reaching (l, q) with d_q. For a pair whose spread and gather both saturate,
+(v/c_k)·S_k + (v/d_q)·G_q uses disjoint edges (layers ≤ m, > m), scales each flow by ≤ 1, and
+balances at every (m, i) (in v·π_i, out v·π_i): a feasible flow of value v, which meets a cut, so
+it is the max flow, F = min(c_k, d_q). So T spreads and T gathers (2T max flows) settle up to T²
+pairs. A flow that does not saturate (or not within ``MEET_PHASES`` Dinic phases, which bounds
+the time a hopeless one wastes) proves nothing; its pairs go to the search. On dense
+attention nearly every spread and gather saturates (all at 12 layers and T = 512: 1,024 max
+flows instead of 262,144); on a causal model S_k cannot reach positions < k, so no uniform π is
+met and the pairs are searched (pairs with k > q are 0 without a search).
+
+The search, per (source, target), is Dinic's algorithm on arrays, compiled with numba and run in
+parallel over the problems (``prange``); spreads and gathers run on the same solver, with the
+sink (or source) of capacities c_k·π as one extra layer. It exploits the layered structure: arcs
+are implicit in dense (T, T) blocks per layer (one residual array), a target at layer l needs
+layers 1..l only, the only live nodes of layers 0 and l are the source and the target, the first
+phase needs no search (with no flow yet, a node's BFS level is its layer), its DFS reads each
+node's arcs by descending capacity, except that the last two layers are read through a
+union-find over their live nodes (ranked by the target's in-edges) so that their dead nodes are
+skipped rather than scanned, and a pair that no positive path joins (a causal model's k > q) is 0
+without a search.
 
 Exactness: the search stops when the flow reaches the capacity of a cut — the source's out-edges
 or the target's in-edges, within ``CERTIFIED`` (1e-13) of it — or when no augmenting path has
 every residual above ``EPS`` (1e-15; capacities are ≤ 1). In the second case the nodes reachable
 from the source through such arcs form a cut whose every crossing arc has residual ≤ EPS, so the
 flow is below the min cut by at most EPS × (arcs crossing it) ≤ EPS·l·T² (3e-9 for 12 layers at
-T = 512, in practice ~1e-15). In both cases the flow value is a max flow to that precision.
+T = 512, in practice ~1e-15). In both cases the flow value is a max flow to that precision. A
+spread or gather counts as saturating when it is within ``MEET_SLACK`` (1e-12) of its value; its
+arrivals then fall short of c_k·π_i by at most 1e-12·c_k in all, so trimming the two flows to
+what both carry at each (m, i) (a path decomposition) leaves a feasible flow of value ≥
+v·(1 − 2·10⁻¹²): the reported min(c_k, d_q) is a max flow to 2e-12 relative.
 :func:`flow_networkx` is the peer-library path the tests compare against (1e-9 relative).
 """
 
@@ -39,11 +65,23 @@ import numpy as np
 
 from flowgraph.models.heads.rollout import mixed_attention
 
-__all__ = ["CERTIFIED", "EPS", "attention_flow", "flow_networkx", "layered_max_flow", "solve_pairs"]
+__all__ = [
+    "CERTIFIED",
+    "EPS",
+    "MEET_SLACK",
+    "attention_flow",
+    "flow_networkx",
+    "layered_max_flow",
+    "meeting_certificate",
+    "solve_pairs",
+]
 
 CERTIFIED = 1e-13  # a flow within this share of a cut's capacity is taken as the max
 UF_LAYERS = 2  # the last layers whose nodes the first phase reads through a union-find
 EPS = 1e-15  # residual capacities at or below this are treated as saturated (see module doc)
+MEET_SLACK = 1e-12  # a spread or gather within this share of its value saturates (module doc)
+MEET_PHASES = 3  # a spread or gather not saturated after this many phases is given up on
+MEET_MIN_SIDE = 3  # layers on each side of layer m (two rarely mix enough to meet π; measured)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -55,14 +93,16 @@ def _residual(capT, res, la, ia, lb, ib):
 
 
 @numba.njit(cache=True, nogil=True)
-def _max_flow(capT, order, res, w_int, w_arcs, k, q, lt, T, upper):
+def _max_flow(capT, order, res, w_int, w_arcs, k, q, lt, T, upper, max_phases):
     """Dinic from (0, k) to (lt, q); returns the flow value.
 
     capT[l, j, i]: capacity of (l, j) → (l+1, i); res[l, j, i] its residual capacity (its flow
     is capT − res; one array, so an arc costs one memory read); order[l, j]: the i by
     descending capacity. Node (l, i) has index l·T + i in the per-node arrays; layers and
     positions are carried side by side (no division in the inner loops). ``w_int`` holds the
-    int work arrays, ``w_arcs`` the arcs to reset: res equals capT again on return."""
+    int work arrays, ``w_arcs`` the arcs to reset: res equals capT again on return. After
+    ``max_phases`` phases it gives up and returns the flow so far (a lower bound; the solver
+    passes more phases than a phase count can reach, the spreads and gathers a few)."""
     n_nodes = (lt + 1) * T
     level, ptr = w_int[0], w_int[1]
     queue_l, queue_i = w_int[2], w_int[3]
@@ -71,7 +111,7 @@ def _max_flow(capT, order, res, w_int, w_arcs, k, q, lt, T, upper):
     touched_l, touched_j, touched_i = w_arcs[0], w_arcs[1], w_arcs[2]
     total = 0.0
     n_touched = 0
-    for phase in range(n_nodes + 1):
+    for phase in range(min(n_nodes + 1, max_phases)):
         if upper - total <= CERTIFIED * upper:
             break  # the flow meets a cut's capacity: it is a max flow
         if phase == 0:
@@ -216,7 +256,7 @@ def _max_flow(capT, order, res, w_int, w_arcs, k, q, lt, T, upper):
 
 
 @numba.njit(cache=True, parallel=True)
-def _solve(capT, order, tasks, upper, n_chunks, T):
+def _solve(capT, order, tasks, upper, n_chunks, T, max_phases):
     """Max flow for every task (k, layer, q) in ``tasks``; task p runs in chunk p mod n_chunks,
     each chunk with its own work arrays."""
     n_tasks = tasks.shape[0]
@@ -239,6 +279,7 @@ def _solve(capT, order, tasks, upper, n_chunks, T):
                 tasks[p, 1],
                 T,
                 upper[p],
+                max_phases,
             )
     return out
 
@@ -281,7 +322,8 @@ def solve_pairs(
     mixed_lqk: np.ndarray, tasks_n3: np.ndarray, *, threads: int | None = None
 ) -> np.ndarray:
     """Max flow for each row (k, layer, q) of ``tasks_n3`` (layer ≥ 1) by the compiled Dinic,
-    without the closed forms of :func:`layered_max_flow` (the benchmark times it on a subset)."""
+    without the closed forms and the meeting certificate of :func:`layered_max_flow` (the
+    benchmark times it on a subset; the tests use it as the search-only reference)."""
     cap_lqk = _check_mixed(mixed_lqk)
     L, T, _ = cap_lqk.shape
     tasks = np.ascontiguousarray(np.asarray(tasks_n3, dtype=np.int64).reshape(-1, 3))
@@ -294,8 +336,18 @@ def solve_pairs(
             f"tasks_n3 rows must be (k, layer, q) with 0 ≤ k, q < {T}, 1 ≤ layer ≤ {L}"
         )
     chosen = _threads(threads)
+    return _dinic(cap_lqk, tasks, chosen)
+
+
+def _dinic(
+    cap_lqk: np.ndarray, tasks: np.ndarray, chosen: int | None, max_phases: int = 2**62
+) -> np.ndarray:
+    """The compiled Dinic on checked capacities and tasks (see :func:`solve_pairs`); with a
+    small ``max_phases``, a lower bound on each flow."""
     if not len(tasks):
         return np.zeros(0)
+    T = cap_lqk.shape[1]
+    k_t, l_t, q_t = tasks[:, 0], tasks[:, 1], tasks[:, 2]
     capT = np.ascontiguousarray(cap_lqk.transpose(0, 2, 1))  # capT[l, k, q]: (l, k) → (l+1, q)
     order = np.ascontiguousarray(np.argsort(-capT, axis=-1, kind="stable").astype(np.int32))
     # two cuts bound every flow: the source's out-arcs and the target's in-arcs
@@ -304,7 +356,7 @@ def solve_pairs(
     if chosen is not None:
         numba.set_num_threads(chosen)
     try:
-        return _solve(capT, order, tasks, upper, numba.get_num_threads(), T)
+        return _solve(capT, order, tasks, upper, numba.get_num_threads(), T, max_phases)
     finally:
         numba.set_num_threads(previous)
 
@@ -323,6 +375,89 @@ def _two_layers(cap_lqk: np.ndarray) -> np.ndarray:
     return out_qk
 
 
+def _positive_reach(cap_lqk: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """(T, T) bool R[q, i]: a path of positive capacities joins (lo, i) to (hi, q)."""
+    reach_qi = np.eye(cap_lqk.shape[1])
+    for layer in range(lo + 1, hi + 1):  # BLAS on 0/1 floats, re-binarised each layer
+        reach_qi = ((cap_lqk[layer - 1] > 0).astype(np.float64) @ reach_qi > 0).astype(np.float64)
+    return reach_qi > 0
+
+
+def _spread(cap_lqk: np.ndarray, m: int, chosen: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(ok_k, c_k): whether a flow from (0, k) arrives at every (m, i) with exactly c_k / T,
+    c_k = Σ_i Â_1[i, k] (the source's cut); one max flow per source into an extra layer."""
+    T = cap_lqk.shape[1]
+    c_k = cap_lqk[0].sum(axis=0)
+    ok_k = (c_k > 0) & _positive_reach(cap_lqk, 0, m).all(axis=0)  # else it cannot saturate
+    (idx,) = np.nonzero(ok_k)
+    if len(idx):
+        sink_ki = c_k[:, None] * np.full((1, T), 1.0 / T)  # (m, i) → sink k: c_k·π_i
+        aux = np.concatenate([cap_lqk[:m], sink_ki[None]])
+        tasks = np.stack([idx, np.full_like(idx, m + 1), idx], axis=1)
+        value = _dinic(aux, tasks, chosen, MEET_PHASES)
+        ok_k[idx] = c_k[idx] - value <= MEET_SLACK * c_k[idx]
+    return ok_k, c_k
+
+
+def _gather(
+    cap_lqk: np.ndarray, layer: int, m: int, chosen: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ok_q, d_q): whether a flow entering every (m, i) with exactly d_q / T reaches
+    (layer, q) with d_q = Σ_i Â_layer[q, i] (the target's cut): a spread on reversed layers."""
+    T = cap_lqk.shape[1]
+    d_q = cap_lqk[layer - 1].sum(axis=1)
+    ok_q = (d_q > 0) & _positive_reach(cap_lqk, m, layer).all(axis=1)
+    (idx,) = np.nonzero(ok_q)
+    if len(idx):
+        # reversed layer r runs from original layer `layer − r` down to `layer − r − 1`
+        rev = [cap_lqk[layer - 1 - r].T for r in range(layer - m)]
+        aux = np.stack([*rev, d_q[:, None] * np.full((1, T), 1.0 / T)])
+        tasks = np.stack([idx, np.full_like(idx, layer - m + 1), idx], axis=1)
+        value = _dinic(aux, tasks, chosen, MEET_PHASES)
+        ok_q[idx] = d_q[idx] - value <= MEET_SLACK * d_q[idx]
+    return ok_q, d_q
+
+
+def _meet(
+    cap_lqk: np.ndarray, layer: int, spreads: dict, chosen: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(met_qk, value_qk) of the meeting certificate at ``layer`` (module docstring); the
+    spreads of a middle layer are kept in ``spreads`` for the other target layers."""
+    m = layer // 2
+    if m not in spreads:
+        spreads[m] = _spread(cap_lqk, m, chosen)
+    ok_k, c_k = spreads[m]
+    ok_q, d_q = _gather(cap_lqk, layer, m, chosen)
+    return ok_q[:, None] & ok_k[None, :], np.minimum(d_q[:, None], c_k[None, :])
+
+
+def meeting_certificate(
+    mixed_lqk: np.ndarray, layer: int, *, threads: int | None = None
+) -> np.ndarray:
+    """(T, T) float64: F[q, k] = max flow from (0, k) to (layer, q) where the meeting
+    certificate settles the pair (then F = min(c_k, d_q), module docstring), NaN where it does
+    not. Needs ``2·MEET_MIN_SIDE ≤ layer ≤ L`` (a spread and a gather of ≥ 3 layers each).
+
+    >>> rng = np.random.default_rng(0)
+    >>> cap = rng.random((6, 5, 5)) + np.eye(5)
+    >>> met = meeting_certificate(cap / cap.sum(-1, keepdims=True), 6)
+    >>> bool(np.isfinite(met).all())
+    True
+    """
+    cap_lqk = _check_mixed(mixed_lqk)
+    L = cap_lqk.shape[0]
+    if isinstance(layer, (bool, np.bool_)) or not isinstance(layer, (int, np.integer)):
+        raise TypeError(f"layer must be an int, got {layer!r}")
+    if not 2 * MEET_MIN_SIDE <= layer <= L:
+        raise ValueError(
+            f"layer must be in [{2 * MEET_MIN_SIDE}, L = {L}] for a meeting certificate, "
+            f"got {layer}"
+        )
+    chosen = _threads(threads)
+    met_qk, value_qk = _meet(cap_lqk, int(layer), {}, chosen)
+    return np.where(met_qk, value_qk, np.nan)
+
+
 def layered_max_flow(
     mixed_lqk: np.ndarray, *, layers: Sequence[int] | int | None = None, threads: int | None = None
 ) -> np.ndarray:
@@ -330,13 +465,14 @@ def layered_max_flow(
     whose edge (l−1, k) → (l, q) has capacity ``mixed_lqk[l−1, q, k]`` (any capacities ≥ 0).
 
     Layer 0 is the identity; layer 1 is the edge itself; layer 2 the closed form
-    Σ_i min(Â_1[i, k], Â_2[q, i]) (edge-disjoint paths); deeper layers the compiled Dinic.
+    Σ_i min(Â_1[i, k], Â_2[q, i]) (edge-disjoint paths); deeper layers the meeting certificate
+    (layers ≥ 6) and, for the pairs it does not settle, the compiled Dinic.
     ``layers``: the target layers to compute (default all 0..L); the others are NaN.
     ``threads``: numba threads for the parallel loop (default numba's, i.e. every core)."""
     cap_lqk = _check_mixed(mixed_lqk)
     L, T, _ = cap_lqk.shape
     wanted = _layers(layers, L)
-    _threads(threads)
+    chosen = _threads(threads)
     out = np.full((L + 1, T, T), np.nan)
     if 0 in wanted:
         out[0] = np.eye(T)
@@ -344,18 +480,25 @@ def layered_max_flow(
         out[1] = cap_lqk[0]
     if 2 in wanted and L >= 2:
         out[2] = _two_layers(cap_lqk)
-    # a pair joined by no positive path has flow 0 (no search needed)
-    reach_qk = np.eye(T, dtype=np.int64)
+    spreads: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     tasks = []
-    for layer in range(1, L + 1):
-        reach_qk = ((cap_lqk[layer - 1] > 0).astype(np.int64) @ reach_qk > 0).astype(np.int64)
-        if layer in wanted and layer >= 3:
-            out[layer] = 0.0
-            q_idx, k_idx = np.nonzero(reach_qk)
-            tasks.append(np.stack([k_idx, np.full_like(k_idx, layer), q_idx], axis=1))
+    reach_qk = np.eye(T, dtype=bool)
+    for layer in range(1, max(wanted) + 1):
+        # a pair joined by no positive path has flow 0 (no search needed)
+        reach_qk = (cap_lqk[layer - 1] > 0).astype(np.float64) @ reach_qk.astype(np.float64) > 0
+        if layer not in wanted or layer < 3:
+            continue
+        out[layer] = 0.0
+        todo_qk = reach_qk.copy()
+        if layer >= 2 * MEET_MIN_SIDE:
+            met_qk, value_qk = _meet(cap_lqk, layer, spreads, chosen)
+            out[layer][met_qk] = value_qk[met_qk]
+            todo_qk &= ~met_qk
+        q_idx, k_idx = np.nonzero(todo_qk)
+        tasks.append(np.stack([k_idx, np.full_like(k_idx, layer), q_idx], axis=1))
     if tasks:
         task_arr = np.concatenate(tasks)
-        values = solve_pairs(cap_lqk, task_arr, threads=threads)
+        values = _dinic(cap_lqk, task_arr, chosen)
         out[task_arr[:, 1], task_arr[:, 2], task_arr[:, 0]] = values
     return out
 
