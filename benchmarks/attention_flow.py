@@ -22,7 +22,14 @@ All in one process. The attention is synthetic softmax attention, scores N(0, ``
   ``--big-targets`` random targets × every source, **extrapolated** to T² (``--big-targets 0``
   runs every target). The script fails unless the two agree to 1e-9 relative on those pairs
   (networkx on a 3-million-edge graph would take longer than the whole run; it is the peer on
-  the first graph).
+  the first graph);
+- causal (``--causal-tokens``, default 128 and 512, 12 layers): the same synthetic scores masked
+  to keys ≤ query; the per-pair Dinic (``solve_pairs``) restricted to positions k..q (what
+  ``attention_flow`` runs on causal attention) and on the whole graph (``restrict=False``), on
+  ``--causal-pairs`` pairs drawn uniformly from the k ≤ q triangle, **extrapolated** to its
+  T(T+1)/2 pairs (pairs k > q are 0 without a search). The script fails unless the two agree to
+  1e-9 relative, and, at the smallest causal T, unless they agree with networkx on
+  ``--baseline-pairs`` of those pairs.
 
 ``--quick`` runs a smoke test at tiny sizes; its numbers mean nothing. ``--markdown PATH`` also
 writes the report to a file.
@@ -63,6 +70,8 @@ class Config:
     big_layers: int = 12
     big_tokens: int = 512
     big_targets: int = 8
+    causal_tokens: tuple[int, ...] = (128, 512)
+    causal_pairs: int = 128
     scale: float = 2.0
     repeats: int = 3
     seed: int = 0
@@ -76,6 +85,8 @@ QUICK = Config(
     big_layers=6,
     big_tokens=24,
     big_targets=4,
+    causal_tokens=(12, 24),
+    causal_pairs=6,
     repeats=2,
 )
 QUICK_NOTE = " — a --quick smoke run: tiny sizes, the numbers mean nothing"
@@ -197,7 +208,61 @@ def measure(cfg: Config) -> tuple[list[Row], dict[str, float]]:
         checks["share of big pairs settled by the certificate"] = float(
             np.isfinite(meeting_certificate(big, big_L)).mean()
         )
+    rows.extend(measure_causal(cfg, checks))
     return rows, checks
+
+
+def causal_attention(L: int, T: int, scale: float, seed: int) -> np.ndarray:
+    """(L, 1, T, T) synthetic attention masked to keys ≤ query and renormalised."""
+    a = synthetic_attention(L, 1, T, scale, seed) * np.tril(np.ones((T, T)))
+    return a / a.sum(-1, keepdims=True)
+
+
+def measure_causal(cfg: Config, checks: dict[str, float]) -> list[Row]:
+    """The causal rows: the per-pair search on positions k..q and on the whole graph."""
+    rows, L = [], cfg.big_layers
+    for n, T in enumerate(cfg.causal_tokens):
+        mixed = mixed_attention(causal_attention(L, T, cfg.scale, cfg.seed + 4 + n))
+        q_all, k_all = np.nonzero(np.tril(np.ones((T, T), dtype=bool)))
+        n_pairs = len(q_all)  # T(T+1)/2
+        rng = np.random.default_rng(cfg.seed + 5 + n)
+        pick = rng.choice(n_pairs, min(cfg.causal_pairs, n_pairs), replace=False)
+        tasks = np.stack([k_all[pick], np.full(len(pick), L), q_all[pick]], axis=1)
+        values = {}
+        for restrict, what in ((True, "positions k..q"), (False, "the whole graph")):
+            t0 = time.perf_counter()
+            values[restrict] = solve_pairs(mixed, tasks, restrict=restrict)
+            dt = time.perf_counter() - t0
+            rows.append(
+                Row(
+                    f"{L} layers at T = {T}, causal, last layer: per-pair Dinic on {what}",
+                    len(tasks),
+                    [dt],
+                    dt * n_pairs / len(tasks),
+                    extrapolated=len(tasks) < n_pairs,
+                )
+            )
+        ref = values[False]
+        worst = float(np.max(np.abs(values[True] - ref) / np.maximum(np.abs(ref), 1e-300)))
+        checks[f"max relative |Δ| restricted vs whole graph (causal, T = {T})"] = worst
+        if worst > AGREE_RTOL:
+            raise AssertionError(
+                f"the causal restricted and whole-graph searches disagree at T = {T}: "
+                f"max relative |Δ| = {worst:.3g}"
+            )
+        if n == 0:
+            sub = tasks[: cfg.baseline_pairs]
+            nx_ref = flow_networkx(mixed, [(L, int(q), int(k)) for k, _, q in sub])
+            got = values[True][: len(sub)]
+            want = np.array(list(nx_ref.values()))
+            worst_nx = float(np.max(np.abs(got - want) / np.maximum(np.abs(want), 1e-300)))
+            checks[f"max relative |Δ| restricted vs networkx (causal, T = {T})"] = worst_nx
+            if worst_nx > AGREE_RTOL:
+                raise AssertionError(
+                    f"the causal restricted search and networkx disagree at T = {T}: "
+                    f"max relative |Δ| = {worst_nx:.3g}"
+                )
+    return rows
 
 
 def fmt_s(seconds: float) -> str:
@@ -226,7 +291,7 @@ def report(
         ],
     )
     ours = rows[1].full_s
-    big = rows[-1]
+    big = next(r for r in rows if r.goal.startswith("<"))
     speedup = checks["speed-up × (T² pairs, last layer)"]
     lines = [
         _report.machine_line(
@@ -240,7 +305,8 @@ def report(
         f"{cfg.heads} heads at T = {cfg.tokens} (bidirectional), residual 0.5, head mean; the "
         f"networkx baseline on {cfg.baseline_pairs} random last-layer pairs, extrapolated to "
         f"T² = {cfg.tokens**2:,}; median of {cfg.repeats} repeats (one for every layer and the "
-        f"baselines). {load}",
+        f"baselines). Causal rows: {cfg.big_layers} layers, one head, keys ≤ query, "
+        f"{cfg.causal_pairs} random pairs k ≤ q per T, extrapolated to T(T+1)/2. {load}",
         "",
         *table,
         "",
@@ -264,6 +330,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--big-targets", type=int, help="targets of the per-pair Dinic row there (0: all; 8)"
     )
+    ap.add_argument(
+        "--causal-tokens", type=int, nargs="+", help="T of the causal rows (default 128 512)"
+    )
+    ap.add_argument("--causal-pairs", type=int, help="causal pairs timed per T (default 128)")
     ap.add_argument("--repeats", type=int, help="timed repeats (default 3)")
     ap.add_argument("--threads", type=int, help="numba threads (default every core)")
     _report.add_markdown_flag(ap)
@@ -276,10 +346,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "baseline_pairs": 1,
             "big_tokens": 2,
             "big_targets": 0,
+            "causal_pairs": 1,
             "repeats": 1,
             "threads": 1,
         },
     )
+    if args.causal_tokens is not None and min(args.causal_tokens) < 2:
+        ap.error(f"--causal-tokens must be ≥ 2, got {min(args.causal_tokens)}")
     return args
 
 
@@ -294,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
             ("big_tokens", args.big_tokens),
             ("big_targets", args.big_targets),
             ("repeats", args.repeats),
+            ("causal_pairs", args.causal_pairs),
+            ("causal_tokens", None if args.causal_tokens is None else tuple(args.causal_tokens)),
         )
         if v is not None
     }

@@ -40,6 +40,17 @@ def test_quick_run_prints_the_table_and_the_goals(tmp_path: Path) -> None:
     assert steps[6].startswith("6 layers at T = 24, last layer") and rows[7][1] == f"{24 * 24:,}"
     big = float(rows[7][3])  # measured on every pair, not extrapolated
     assert float(re.search(r"6 layers at T = 24 < 60 s: ([\d.e+-]+) s", proc.stdout)[1]) == big
+    causal = steps[7:]  # restricted to k..q, then the whole graph, per causal T
+    assert causal == [
+        f"6 layers at T = {T}, causal, last layer: per-pair Dinic on {what}"
+        for T in (12, 24)
+        for what in ("positions k..q", "the whole graph")
+    ]
+    for row in rows[8:]:
+        assert row[1] == "6" and row[3].endswith("(extrapolated)"), row
+    for T in (12, 24):
+        assert f"max relative |Δ| restricted vs whole graph (causal, T = {T}) = " in proc.stdout
+    assert "max relative |Δ| restricted vs networkx (causal, T = 12) = " in proc.stdout
 
 
 @pytest.mark.parametrize(
@@ -49,6 +60,8 @@ def test_quick_run_prints_the_table_and_the_goals(tmp_path: Path) -> None:
         (["--tokens", "1"], "--tokens must be ≥ 2, got 1"),
         (["--big-targets", "-1"], "--big-targets must be ≥ 0, got -1"),
         (["--threads", "x"], "invalid int value"),
+        (["--causal-pairs", "0"], "--causal-pairs must be ≥ 1, got 0"),
+        (["--causal-tokens", "128", "1"], "--causal-tokens must be ≥ 2, got 1"),
     ],
 )
 def test_script_rejects_bad_flags(args: list[str], message: str) -> None:
@@ -78,3 +91,21 @@ def test_the_script_fails_when_the_certificate_and_the_search_disagree(monkeypat
 def test_synthetic_attention_rows_are_distributions() -> None:
     attn = load_script("attention_flow").synthetic_attention(2, 3, 5, 2.0, 0)
     np.testing.assert_allclose(attn.sum(-1), 1.0)
+
+
+def test_the_script_fails_when_the_causal_searches_disagree(monkeypatch) -> None:
+    script = load_script("attention_flow")
+    real = script.solve_pairs
+
+    def skewed(mixed, tasks, restrict=None):
+        return real(mixed, tasks, restrict=restrict) * (1.01 if restrict else 1.0)
+
+    monkeypatch.setattr(script, "solve_pairs", skewed)
+    with pytest.raises(AssertionError, match="causal restricted and whole-graph searches disagree"):
+        script.measure_causal(script.QUICK, {})
+
+
+def test_causal_attention_is_lower_triangular_distributions() -> None:
+    attn = load_script("attention_flow").causal_attention(2, 5, 2.0, 0)
+    np.testing.assert_allclose(attn.sum(-1), 1.0)
+    assert (attn[..., np.triu(np.ones((5, 5), dtype=bool), 1)] == 0).all()

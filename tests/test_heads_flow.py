@@ -15,6 +15,7 @@ from flowgraph.models.heads import attention_flow, load_checkpoint, mixed_attent
 from flowgraph.models.heads.attention_flow import (
     MEET_SLACK,
     flow_networkx,
+    is_causal,
     layered_max_flow,
     meeting_certificate,
     solve_pairs,
@@ -425,3 +426,63 @@ def test_module_doctests_run(name) -> None:
     module = importlib.import_module(f"flowgraph.models.heads.{name}")  # not the function
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+# --- the causal restriction to positions k..q ----------------------------------------------------
+def all_search_tasks(L: int, T: int, layers: range) -> np.ndarray:
+    """Every (k, layer, q) with k ≤ q for the given target layers."""
+    q_g, k_g = np.nonzero(np.tril(np.ones((T, T), dtype=bool)))
+    return np.concatenate(
+        [np.stack([k_g, np.full_like(k_g, layer), q_g], axis=1) for layer in layers]
+    )
+
+
+@pytest.mark.parametrize(
+    ("seed", "L", "T", "scale"),
+    [(30, 3, 12, 2.0), (31, 6, 17, 4.0), (32, 8, 24, 1.0), (33, 12, 40, 2.0), (34, 5, 40, 0.3)],
+)
+def test_causal_restricted_search_equals_networkx_and_the_unrestricted_search(seed, L, T, scale):
+    """Random causal attention: the search on positions k..q (the default on causal capacities)
+    equals the search on the whole graph and networkx (on a sample of pairs at the larger
+    sizes); pairs k > q are 0."""
+    rng = np.random.default_rng(seed)
+    mixed = mixed_attention(random_attention(rng, L, 2, T, causal=True, scale=scale))
+    assert is_causal(mixed) and not is_causal(mixed.transpose(0, 2, 1))
+    tasks = all_search_tasks(L, T, range(max(1, L - 2), L + 1))
+    restricted = solve_pairs(mixed, tasks)  # detected as causal
+    np.testing.assert_array_equal(restricted, solve_pairs(mixed, tasks, restrict=True))
+    whole = solve_pairs(mixed, tasks, restrict=False)
+    np.testing.assert_allclose(restricted, whole, rtol=RTOL, atol=1e-15)
+    n_ref = len(tasks) if T <= 17 else 40
+    sample = rng.choice(len(tasks), n_ref, replace=False)
+    ref = flow_networkx(
+        mixed, [(int(tasks[i, 1]), int(tasks[i, 2]), int(tasks[i, 0])) for i in sample]
+    )
+    for i, value in zip(sample, ref.values(), strict=True):
+        assert restricted[i] == pytest.approx(value, rel=RTOL, abs=1e-15), tasks[i]
+    above = np.array([[T - 1, L, 0], [3, L, 2]])
+    assert (solve_pairs(mixed, above) == 0).all()
+    flow = layered_max_flow(mixed, layers=L)[L]
+    np.testing.assert_allclose(flow[tasks[tasks[:, 1] == L, 2], tasks[tasks[:, 1] == L, 0]],
+                               restricted[tasks[:, 1] == L], rtol=RTOL, atol=1e-15)  # fmt: skip
+    assert (flow[np.triu(np.ones((T, T), dtype=bool), 1)] == 0).all()
+
+
+def test_causal_flow_of_every_layer_equals_networkx_with_sparse_and_tiny_capacities():
+    """Causal capacities over decades with zeros below the diagonal too (dead arcs inside the
+    window): every layer of the restricted path against networkx, every pair."""
+    rng = np.random.default_rng(35)
+    L, T = 5, 10
+    cap = 10.0 ** rng.uniform(-9, 1, (L, T, T)) * (rng.random((L, T, T)) < 0.5)
+    cap *= np.tril(np.ones((T, T)))
+    assert is_causal(cap)
+    np.testing.assert_allclose(layered_max_flow(cap), networkx_all(cap), rtol=RTOL, atol=1e-15)
+
+
+def test_restrict_is_refused_on_bidirectional_capacities():
+    mixed = mixed_attention(random_attention(np.random.default_rng(36), 3, 2, 6))
+    assert not is_causal(mixed)
+    with pytest.raises(ValueError, match="restrict=True needs causal capacities"):
+        solve_pairs(mixed, [[0, 3, 5]], restrict=True)
+    with pytest.raises(TypeError, match="restrict must be True, False or None"):
+        solve_pairs(mixed, [[0, 3, 5]], restrict=1)
