@@ -114,10 +114,22 @@ def _token_axes(fig: go.Figure, labels: list[str]) -> None:
     fig.update_yaxes(range=[T - 0.5, -0.5], scaleanchor="x", constrain="domain", **ticks)
 
 
+# The hover of a token × token heatmap: each side's position and token, so a repeated token
+# (the sort task's "0 1 0") is told apart by its position. The positions come from customdata:
+# plotly writes %{x} and %{y} as the axes' tick text, the tokens, so "query %{y} <token>" read
+# "query 0 0" in the browser.
+_PAIR_HOVER = (
+    "{q}: position %{{customdata[2]}}, token “%{{customdata[0]}}”<br>"
+    "{k}: position %{{customdata[3]}}, token “%{{customdata[1]}}”"
+)
+
+
 def _pair_text(labels: list[str]) -> np.ndarray:
-    """customdata (T, T, 2): the query's and the key's token, for the hover."""
+    """customdata (T, T, 4): the query's and the key's token and position, for the hover."""
     t = np.array(labels, dtype=object)
-    return np.stack(np.broadcast_arrays(t[:, None], t[None, :]), axis=-1)
+    pos = np.arange(len(labels), dtype=object)
+    parts = (t[:, None], t[None, :], pos[:, None], pos[None, :])
+    return np.stack(np.broadcast_arrays(*parts), axis=-1)
 
 
 # --- forms --------------------------------------------------------------------------------------
@@ -286,7 +298,8 @@ def make_token_distance_figure(
             else [[0.0, "#ffffff"], [1.0, _POSITIVE]],
             colorbar={"title": {"text": "d²"}, "thickness": 14, "len": 0.8},
             name="d²",
-            hovertemplate="%{customdata[0]} ↔ %{customdata[1]}: d² = %{z:.4g}<extra></extra>",
+            hovertemplate=_PAIR_HOVER.format(q="row", k="column") + "<br>d² = %{z:.4g}"
+            "<extra></extra>",
         )
     )
     neg_q, neg_k = np.nonzero(d2 < 0)
@@ -336,8 +349,9 @@ def make_attention_figure(
             colorscale=_SEQUENTIAL,
             colorbar={"title": {"text": "weight"}, "thickness": 14, "len": 0.8},
             name="attention",
-            hovertemplate="query %{y} %{customdata[0]} → key %{x} %{customdata[1]}: "
-            "%{z:.3f}<extra></extra>",
+            # positions and tokens both named: "query 0 0 → key 0 0" told neither apart
+            hovertemplate=_PAIR_HOVER.format(q="query", k="key") + "<br>weight %{z:.3f}"
+            "<extra></extra>",
         )
     )
     _token_axes(fig, labels)

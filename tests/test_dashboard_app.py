@@ -223,8 +223,9 @@ def test_a_bad_input_empties_the_heads_and_embeddings_results(tmp_path_factory):
     }
     top = _post(app, client, "heads-symmetry.children", heads, "heads-text.value")
     assert "token id 99 is out of range" in json.dumps(top["heads-message"])
-    assert top["heads-symmetry"]["children"] == "no result: correct the input above"
-    assert "correct the input" in json.dumps(top["heads-form"]["figure"])
+    # the form and its symmetry depend on the weights alone: they stay (issue #19, item 7)
+    assert top["heads-symmetry"]["children"].startswith("symmetry")
+    assert "correct the input" not in json.dumps(top["heads-form"]["figure"])
     below = _post(app, client, "heads-attention.figure", heads, "heads-text.value")
     assert "correct the input" in json.dumps(below["heads-attention"]["figure"])
     coverage = _post(app, client, "heads-coverage.figure", heads, "heads-text.value")

@@ -99,6 +99,18 @@ def test_an_unknown_token_id_is_a_message_for_every_figure(state):
         page.coverage_figure(state, "tiny-sdpa", "0 1 3", "ids", "fixed", "merged")
 
 
+def test_a_bad_input_leaves_the_weights_figures(state):
+    """The form and spectrum depend on the weights alone: a typo in the input blanked them
+    (the form half checked the input too); only the input's figures refuse it."""
+    args = ("tiny-sdpa", 0, 1, "model", ["matrix"])
+    good = page.head_figures(state, *args, "", "text", False, halves=("form",))
+    bad = page.head_figures(state, *args, "0 typo", "text", False, halves=("form",))
+    np.testing.assert_array_equal(bad["form"].data[0].z, good["form"].data[0].z)
+    np.testing.assert_array_equal(bad["spectrum"].data[0].y, good["spectrum"].data[0].y)
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        page.head_figures(state, *args, "0 typo", "text", False, halves=("tokens",))
+
+
 def test_a_compared_checkpoint_fits_the_page_beside_or_below(state):
     # side_by_side of two forms was 2,706 px wide: the second model's form lay off the page
     args = (0, 0, "model", list(page.PARTS), "", "text", False)

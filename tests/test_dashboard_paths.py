@@ -118,6 +118,20 @@ def test_listing_finds_runs_once_and_nanogpt_files(tree):
     assert labels == ["runs/a", "runs/group/b", "runs/nano/ckpt.pt"]
 
 
+def test_every_path_as_listed_opens(tree):
+    """The list shows ``runs/a``; typed into "open by path" it was refused (it was tried only
+    under the root, as runs/runs/a). The listing is the oracle: each label opens its path, and
+    the root's name does not become a way out of the root."""
+    roots = make_roots("--runs", [tree["runs"]])
+    listed = find_checkpoints(roots)
+    assert len(listed) == 3
+    for label, real in listed:
+        assert resolve_inside(label, roots) == real, label
+    for text in ("runs/../secret", "runs/../runs/../secret.txt"):
+        with pytest.raises(ValueError, match="outside the dashboard's roots"):
+            resolve_inside(text, roots)
+
+
 def test_vectors_listing(tmp_path):
     vec = tmp_path / "vectors" / "w2v"
     vec.mkdir(parents=True)
@@ -127,6 +141,7 @@ def test_vectors_listing(tmp_path):
     (tmp_path / "vectors" / "half" / "vocab.json").write_text("{}")
     roots = make_roots("--vectors", [tmp_path / "vectors"])
     assert find_vectors(roots) == [("vectors/w2v", vec.resolve())]
+    assert resolve_inside("vectors/w2v", roots) == vec.resolve()  # as listed
 
 
 def test_lru_cache_keeps_the_most_recent():

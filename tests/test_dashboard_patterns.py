@@ -119,6 +119,29 @@ def test_bidirectional_only_patterns_ignore_the_causal_setting():
     assert out["pattern"] == fg.ltr(16, stride=4) and not out["report"].causal
 
 
+def test_a_locked_direction_comes_back_after_the_lock():
+    """fixed → ltr → rtl → fixed: the lock keeps the direction it replaced, and the first
+    pattern with both directions gets it back (fixed stayed bidirectional: full information)."""
+    direction, before = "causal", None
+    seen = []
+    for name in ("ltr", "rtl", "fixed", "strided"):
+        value, options, before, note = page.direction_for(name, direction, before)
+        direction = direction if value is no_update else value
+        causal_offered = not next(o for o in options if o["value"] == "causal")["disabled"]
+        seen.append((name, direction, causal_offered, note))
+    assert [s[:3] for s in seen] == [
+        ("ltr", "bidirectional", False),
+        ("rtl", "bidirectional", False),
+        ("fixed", "causal", True),
+        ("strided", "causal", True),
+    ]
+    assert "bidirectional only" in seen[0][3] and "back to causal" in seen[2][3]
+    assert seen[3][3] is None
+    # chosen bidirectional before the lock: it stays, and no note claims a change
+    value, _, before, _ = page.direction_for("star", "bidirectional", None)
+    assert page.direction_for("dense", value, before)[::3] == ("bidirectional", None)
+
+
 def test_large_n_draws_a_block_view_and_placeholders_not_huge_figures():
     n = limits.MAX_HEATMAP_N + 1
     out = page.analyse(_state(), "strided", n, None, 1, "causal", None, "interleave", True, None)

@@ -4,6 +4,7 @@ computed here), and combine_figures keeps every trace on its own axes inside its
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import numpy as np
@@ -86,7 +87,7 @@ def test_token_distance_figure_marks_negative_distances() -> None:
     assert sorted(zip(marks.y, marks.x, strict=True)) == sorted(zip(neg_q, neg_k, strict=True))
     assert list(fig.layout.xaxis.ticktext) == TOKENS and list(fig.layout.yaxis.ticktext) == TOKENS
     assert list(fig.layout.xaxis.tickvals) == list(range(5))
-    assert tuple(heat.customdata[1, 2]) == ("cat", "sat")
+    assert tuple(heat.customdata[1, 2]) == ("cat", "sat", 1, 2)
     assert f"{len(neg_q) // 2} pair(s) negative" in fig.layout.title.subtitle.text
 
 
@@ -124,7 +125,36 @@ def test_token_labels_show_every_token_verbatim(make) -> None:
     else:
         fig = plots.make_token_distance_figure(np.zeros((T, T)), MARKUP_TOKENS)
     assert list(fig.layout.xaxis.ticktext) == SHOWN == list(fig.layout.yaxis.ticktext)
-    assert tuple(fig.data[0].customdata[0, 1]) == (SHOWN[0], SHOWN[1])  # the hover too
+    assert tuple(fig.data[0].customdata[0, 1]) == (SHOWN[0], SHOWN[1], 0, 1)  # the hover too
+
+
+def _hover(trace: go.Heatmap, q: int, k: int) -> str:
+    """The hover plotly shows over cell (q, k): the trace's template with that cell's values
+    (plotly's number formats dropped). %{x} and %{y} are left as they are: plotly writes them
+    as the tick text (the tokens), so a template that uses them for positions fails here."""
+    text = re.sub(r"%\{z(:[^}]*)?\}", f"{trace.z[q][k]:.3f}", trace.hovertemplate)
+    for i, value in enumerate(trace.customdata[q][k]):
+        text = text.replace(f"%{{customdata[{i}]}}", str(value))
+    return text.replace("<extra></extra>", "")
+
+
+@pytest.mark.parametrize("make", ["attention", "distances"])
+def test_the_hover_names_each_sides_position_and_token(make) -> None:
+    """The hover over every cell reads back as (query position, token, key position, token):
+    it was "query 0 0 → key 0 0", and a repeated token ("the" at 0 and 3) told apart from the
+    other only by a bare number that could be a position or a token."""
+    T = len(TOKENS)
+    if make == "attention":
+        fig, sides = plots.make_attention_figure(causal_uniform(T), TOKENS), ("query", "key")
+    else:
+        fig, sides = plots.make_token_distance_figure(np.zeros((T, T)), TOKENS), ("row", "column")
+    side = r"{}: position (\d+), token “([^”]*)”"
+    pattern = re.compile(side.format(sides[0]) + "<br>" + side.format(sides[1]) + "<br>")
+    for q in range(T):
+        for k in range(T):
+            found = pattern.match(_hover(fig.data[0], q, k))
+            assert found, _hover(fig.data[0], q, k)
+            assert found.groups() == (str(q), TOKENS[q], str(k), TOKENS[k])
 
 
 def test_long_sequences_thin_the_tick_labels() -> None:

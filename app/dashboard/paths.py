@@ -57,8 +57,10 @@ def make_roots(flag: str, paths: Sequence[Path | str], folders: bool = False) ->
 def resolve_inside(text: object, roots: Sequence[Root], what: str = "path") -> Path:
     """The real path ``text`` names, when it exists inside one of ``roots``.
 
-    A relative ``text`` is tried under each folder root in turn; an absolute one as it is. The
-    result is resolved (``..`` and symlinks), so what is checked is what would be opened.
+    A relative ``text`` is tried under each folder root in turn, then as the checkpoint and
+    vector lists label it (from a root's own name: ``runs/a`` for ``a`` under ``--runs runs``);
+    an absolute one as it is. The result is resolved (``..`` and symlinks), so what is checked is
+    what would be opened.
 
     Raises
     ------
@@ -72,8 +74,13 @@ def resolve_inside(text: object, roots: Sequence[Root], what: str = "path") -> P
     path = Path(text)
     if path.is_absolute():
         candidates = [path]
-    else:
+    else:  # under a root, or as the lists label it: from the root's own name (runs/a)
         candidates = [root.real / path for root in roots if root.real.is_dir()]
+        candidates += [
+            root.real.joinpath(*path.parts[1:])
+            for root in roots
+            if root.real.is_dir() and path.parts and path.parts[0] == root.given.name
+        ]
     outside = False
     for candidate in candidates:
         try:

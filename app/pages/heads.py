@@ -154,7 +154,8 @@ def head_figures(
 ) -> dict[str, Any]:
     """One checkpoint's figures for one head (cached by every input): of ``halves``, "form"
     gives the form and spectrum figures and the symmetry, "tokens" the token distances and
-    attention figures. The input is checked either way."""
+    attention figures. The input is read (and checked) by the "tokens" half only: the form
+    depends on the weights alone, and a typo in the input blanked it."""
     from flowgraph.models import plots
 
     if not set(halves) <= set(HALVES):
@@ -172,8 +173,6 @@ def head_figures(
             f"{ckpt.name} has {ckpt.attention_kind} heads: the head-space form exists for "
             "metric heads only; choose model space"
         )
-    ids = input_ids(ckpt, text, kind)
-    labels = [ckpt.tokens[i] for i in ids]
     name = f"{ckpt.name} L{layer} H{head}"
 
     def form_figures() -> tuple[Any, go.Figure, go.Figure]:
@@ -184,7 +183,7 @@ def head_figures(
             lighten(plots.make_spectrum_figure(form, title=f"{name}: spectra")),
         )
 
-    out: dict[str, Any] = {"ckpt": ckpt, "ids": ids}
+    out: dict[str, Any] = {"ckpt": ckpt}
     if "form" in halves:
         form, out["form"], out["spectrum"] = state.cached(
             ("form", real, layer, head, space, tuple(parts)), form_figures
@@ -203,6 +202,8 @@ def head_figures(
         )
 
     if "tokens" in halves:
+        ids = out["ids"] = input_ids(ckpt, text, kind)
+        labels = [ckpt.tokens[i] for i in ids]
         out["distances"], out["attention"] = state.cached(
             ("tokens", real, layer, head, ids.tobytes(), positions), token_figures
         )
@@ -575,7 +576,19 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
         if not path or layer is None or head is None:
             return (no_update,) * 4
         figs, symmetry, note = figures("form", (*controls, None))
-        return (note, symmetry, *figs)
+        return ([input_message(controls[0], controls[6], controls[7]), note], symmetry, *figs)
+
+    def input_message(path: object, text: object, kind: object) -> Any:
+        """update_tokens's failure on a bad input, said here (it has no message of its own);
+        the form and spectrum above it stay, as they do not read the input."""
+        try:
+            input_ids(state.checkpoint(str(path)), text, kind)
+        except (ValueError, TypeError) as exc:
+            return message(
+                f"{exc.args[0] if exc.args else exc} (the token distances and attention "
+                "need a valid input)"
+            )
+        return None
 
     @app.callback(
         Output("heads-distances", "figure"),

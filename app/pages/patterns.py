@@ -101,6 +101,35 @@ def idle_controls(name: object, layers: object) -> set[str]:
     return idle
 
 
+def direction_for(name: object, direction: object, before: object) -> tuple[Any, ...]:
+    """What a pattern change does to the direction radio: (value, options, the direction to
+    restore later, a note). A bidirectional-only pattern locks it to bidirectional and keeps
+    the direction it replaced; the next pattern with both directions gets that one back, so
+    fixed → ltr → fixed is causal again (it stayed bidirectional, silently turning fixed's
+    verdict into full information). Both changes are said in a note under the radio. The
+    value goes out only when it must: ``direction`` was read when the request left, and
+    writing it back undid a direction clicked while the answer was on its way."""
+    locked = name in BIDIRECTIONAL_ONLY
+    options = [
+        {"label": "causal", "value": "causal", "disabled": locked},
+        {"label": "bidirectional", "value": "bidirectional"},
+    ]
+    if locked:
+        if before in ("causal", "bidirectional"):  # ltr → rtl: keep what ltr replaced
+            kept = before
+        else:
+            kept = direction if direction in ("causal", "bidirectional") else "causal"
+        note = f"{name} is bidirectional only: direction set to bidirectional"
+        if kept == "bidirectional":
+            note = f"{name} is bidirectional only"
+        return "bidirectional", options, kept, note
+    if before in ("causal", "bidirectional"):
+        note = None if before == "bidirectional" else f"direction back to {before} for {name}"
+        return before, options, None, note
+    value = no_update if direction in ("causal", "bidirectional") else "causal"
+    return value, options, None, None
+
+
 def stack_pattern(pattern: fg.Pattern, layers: object, mode: object) -> fg.Pattern:
     """``pattern`` laid over ``layers`` layers in ``mode`` (unchanged when layers is empty)."""
     if layers is None or layers == "":
@@ -412,7 +441,12 @@ def layout(**_query: str) -> html.Div:
                     ),
                     control(
                         "direction",
-                        radio("patterns-direction", ["causal", "bidirectional"], "causal"),
+                        html.Div(
+                            [
+                                radio("patterns-direction", ["causal", "bidirectional"], "causal"),
+                                html.Small(id="patterns-direction-note", className="fg-hint"),
+                            ]
+                        ),
                     ),
                     control(
                         "layers",
@@ -444,7 +478,10 @@ def layout(**_query: str) -> html.Div:
                                 multiple=False,
                                 className="fg-upload",
                             ),
-                            **{"data-max-bytes": str(limits.MAX_UPLOAD_BYTES)},
+                            **{
+                                "data-max-bytes": str(limits.MAX_UPLOAD_BYTES),
+                                "data-status-id": "patterns-upload-status",
+                            },
                         ),
                         f"≤ {limits.MAX_UPLOAD_BYTES // 2**20} MB; array 'masks' (steps, n, n)",
                     ),
@@ -452,6 +489,7 @@ def layout(**_query: str) -> html.Div:
                 className="fg-controls",
             ),
             dcc.Store(id="patterns-upload-key"),
+            dcc.Store(id="patterns-direction-before"),  # the direction a locked pattern replaced
             html.Div(id="patterns-upload-status", className="fg-messages"),
             html.Div(id="patterns-message", className="fg-messages"),
             html.Div(
@@ -494,21 +532,17 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
     @app.callback(
         Output("patterns-direction", "value"),
         Output("patterns-direction", "options"),
+        Output("patterns-direction-before", "data"),
+        Output("patterns-direction-note", "children"),
         Input("patterns-name", "value"),
         State("patterns-direction", "value"),
+        State("patterns-direction-before", "data"),
         prevent_initial_call=True,  # the default pattern (fixed) has both directions
     )
-    def bidirectional_only(name: str, direction: object) -> tuple[Any, list[dict[str, Any]]]:
-        locked = name in BIDIRECTIONAL_ONLY
-        options = [
-            {"label": "causal", "value": "causal", "disabled": locked},
-            {"label": "bidirectional", "value": "bidirectional"},
-        ]
-        # the value goes out only when it must: ``direction`` was read when the request left,
-        # and writing it back undid a direction clicked while the answer was on its way
-        if locked:
-            return "bidirectional", options
-        return (no_update if direction in ("causal", "bidirectional") else "causal"), options
+    def bidirectional_only(
+        name: str, direction: object, before: object
+    ) -> tuple[Any, list[dict[str, Any]], Any, Any]:
+        return direction_for(name, direction, before)
 
     @app.callback(
         *(Output(f"patterns-{c}", "disabled") for c in IDLE_CANDIDATES),

@@ -4,6 +4,23 @@
 (function () {
   "use strict";
 
+  // The holder's data-status-id names the element where the server says "loaded …" or why it
+  // refused a file: the refusal goes there too (through Dash, so the server's next answer
+  // replaces it), or a refused file sat beside the "loaded …" of the file before it.
+  function say(holder, text) {
+    const status = holder.getAttribute("data-status-id");
+    const props = window.dash_clientside && window.dash_clientside.set_props;
+    if (!status || !props) return false;
+    props(status, {
+      children: {
+        type: "Div",
+        namespace: "dash_html_components",
+        props: { className: "fg-message fg-error fg-upload-refused", role: "alert", children: text },
+      },
+    });
+    return true;
+  }
+
   function report(files, target) {
     const holder = target && target.closest ? target.closest("[data-max-bytes]") : null;
     if (!holder || !files || !files.length) return;
@@ -14,15 +31,17 @@
       if (note) note.remove();
       return;
     }
+    const fmt = (x) => x.toLocaleString("en-US");
+    const text =
+      `${file.name} is ${fmt(file.size)} bytes; the limit is ${fmt(limit)} bytes (not uploaded)`;
+    if (say(holder, text)) return;
     if (!note) {
       note = document.createElement("div");
       note.className = "fg-message fg-error fg-upload-refused";
       note.setAttribute("role", "alert");
       holder.appendChild(note);
     }
-    const fmt = (x) => x.toLocaleString("en-US");
-    note.textContent =
-      `${file.name} is ${fmt(file.size)} bytes; the limit is ${fmt(limit)} bytes (not uploaded)`;
+    note.textContent = text;
   }
 
   document.addEventListener("change", (e) => report(e.target.files, e.target), true);
