@@ -59,8 +59,9 @@ def make_layers_figure(
                 colorbar={"title": {"text": what}, "thickness": 14, "len": 0.8},
                 name=f"layer {layer}",
                 visible=layer == shown[-1],
-                hovertemplate=f"layer {layer}: position %{{y}} %{{customdata[0]}} ← token "
-                f"%{{x}} %{{customdata[1]}}: %{{z:.3f}}<extra></extra>",
+                # positions from customdata: %{x}/%{y} would print the axes' token tick labels
+                hovertemplate=f"layer {layer}: position %{{customdata[2]}} %{{customdata[0]}} ← "
+                f"token %{{customdata[3]}} %{{customdata[1]}}: %{{z:.3f}}<extra></extra>",
             )
         )
     steps = [
