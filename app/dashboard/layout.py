@@ -69,3 +69,22 @@ def text_box(box_id: str, max_chars: int, placeholder: str) -> dcc.Input:
 def radio(radio_id: str, options: list[Any], value: Any) -> dcc.RadioItems:
     """Radio buttons in one row."""
     return dcc.RadioItems(id=radio_id, options=options, value=value, inline=True)
+
+
+def path_opener(prefix: str, max_chars: int) -> html.Div:
+    """The "open by path" control of a checkpoint page: ``{prefix}-path`` and ``{prefix}-open``."""
+    return control(
+        "open by path",
+        html.Div(
+            [
+                dcc.Input(
+                    id=f"{prefix}-path",
+                    type="text",
+                    maxLength=max_chars,
+                    placeholder="a path under --runs / --checkpoint",
+                ),
+                html.Button("open", id=f"{prefix}-open", n_clicks=0),
+            ]
+        ),
+        wide=True,
+    )

@@ -19,7 +19,15 @@ from dash import Dash, Input, Output, State, dcc, html, no_update
 from flowgraph.app.dashboard import limits
 from flowgraph.app.dashboard.errors import guard, message
 from flowgraph.app.dashboard.figures import NO_RESULT, no_results
-from flowgraph.app.dashboard.layout import control, graph_section, number_box, page, radio, text_box
+from flowgraph.app.dashboard.layout import (
+    control,
+    graph_section,
+    number_box,
+    page,
+    path_opener,
+    radio,
+    text_box,
+)
 from flowgraph.app.dashboard.payload import lighten
 from flowgraph.app.dashboard.state import DashboardState, current_state
 from flowgraph.app.pages.heads import describe, index_option, input_ids, opened_options
@@ -537,21 +545,7 @@ def layout(**_query: str) -> html.Div:
                         dcc.Dropdown(id="flow-ckpt", options=options, value=first, clearable=False),
                         wide=True,
                     ),
-                    control(
-                        "open by path",
-                        html.Div(
-                            [
-                                dcc.Input(
-                                    id="flow-path",
-                                    type="text",
-                                    maxLength=limits.MAX_PATH_CHARS,
-                                    placeholder="a path under --runs / --checkpoint",
-                                ),
-                                html.Button("open", id="flow-open", n_clicks=0),
-                            ]
-                        ),
-                        wide=True,
-                    ),
+                    path_opener("flow", limits.MAX_PATH_CHARS),
                     control(
                         "input",
                         text_box("flow-text", limits.MAX_TEXT_CHARS, "empty: an example input"),

@@ -18,7 +18,14 @@ from dash import Dash, Input, Output, State, dcc, html, no_update
 from flowgraph.app.dashboard import limits
 from flowgraph.app.dashboard.errors import guard, message
 from flowgraph.app.dashboard.figures import NO_RESULT, no_results
-from flowgraph.app.dashboard.layout import control, graph_section, page, radio, text_box
+from flowgraph.app.dashboard.layout import (
+    control,
+    graph_section,
+    page,
+    path_opener,
+    radio,
+    text_box,
+)
 from flowgraph.app.dashboard.payload import lighten
 from flowgraph.app.dashboard.state import DashboardState, current_state
 from flowgraph.app.pages.patterns import PATTERNS, build_pattern
@@ -365,21 +372,7 @@ def layout(**_query: str) -> html.Div:
                         ),
                         wide=True,
                     ),
-                    control(
-                        "open by path",
-                        html.Div(
-                            [
-                                dcc.Input(
-                                    id="heads-path",
-                                    type="text",
-                                    maxLength=limits.MAX_PATH_CHARS,
-                                    placeholder="a path under --runs / --checkpoint",
-                                ),
-                                html.Button("open", id="heads-open", n_clicks=0),
-                            ]
-                        ),
-                        wide=True,
-                    ),
+                    path_opener("heads", limits.MAX_PATH_CHARS),
                     control(
                         "compare with",
                         dcc.Dropdown(
