@@ -442,5 +442,6 @@ def test_docs_error_messages_are_real() -> None:
 
 
 def test_docs_find_mentions_example_matches_the_docstring() -> None:
-    example_block = next(block for block in _fenced("python") if ">>> find_mentions" in block)
-    assert example_block.strip() in inspect.cleandoc(em_module.find_mentions.__doc__ or "")
+    example_block = next(block for block in _fenced("pycon") if ">>> find_mentions" in block)
+    example = example_block[example_block.index(">>> find_mentions") :]  # after its imports
+    assert example.strip() in inspect.cleandoc(em_module.find_mentions.__doc__ or "")
