@@ -88,3 +88,15 @@ def path_opener(prefix: str, max_chars: int) -> html.Div:
         ),
         wide=True,
     )
+
+
+def input_kind_control(prefix: str) -> html.Div:
+    """The "input is" radio of a checkpoint page (``{prefix}-input-kind``): text or token ids."""
+    return control(
+        "input is",
+        radio(
+            f"{prefix}-input-kind",
+            [{"label": "text", "value": "text"}, {"label": "token ids", "value": "ids"}],
+            "text",
+        ),
+    )

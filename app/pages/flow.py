@@ -22,6 +22,7 @@ from flowgraph.app.dashboard.figures import NO_RESULT, no_results
 from flowgraph.app.dashboard.layout import (
     control,
     graph_section,
+    input_kind_control,
     number_box,
     page,
     path_opener,
@@ -553,17 +554,7 @@ def layout(**_query: str) -> html.Div:
                         f"≤ {limits.MAX_ATTENTION_FLOW_LAYERS} layers",
                         wide=True,
                     ),
-                    control(
-                        "input is",
-                        radio(
-                            "flow-input-kind",
-                            [
-                                {"label": "text", "value": "text"},
-                                {"label": "token ids", "value": "ids"},
-                            ],
-                            "text",
-                        ),
-                    ),
+                    input_kind_control("flow"),
                     control(
                         "residual",
                         number_box("flow-residual", DEFAULTS["residual"]),

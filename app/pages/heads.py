@@ -21,6 +21,7 @@ from flowgraph.app.dashboard.figures import NO_RESULT, no_results
 from flowgraph.app.dashboard.layout import (
     control,
     graph_section,
+    input_kind_control,
     page,
     path_opener,
     radio,
@@ -413,17 +414,7 @@ def layout(**_query: str) -> html.Div:
                         f"≤ {limits.MAX_TOKENS_SHOWN} tokens",
                         wide=True,
                     ),
-                    control(
-                        "input is",
-                        radio(
-                            "heads-input-kind",
-                            [
-                                {"label": "text", "value": "text"},
-                                {"label": "token ids", "value": "ids"},
-                            ],
-                            "text",
-                        ),
-                    ),
+                    input_kind_control("heads"),
                     control(
                         "distances",
                         dcc.Checklist(
