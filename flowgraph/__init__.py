@@ -10,8 +10,10 @@ Only numpy, scipy and networkx are imported here; figures live in :mod:`flowgrap
 """
 
 from flowgraph.check import Report, check
+from flowgraph.flex import from_block_mask, from_mask_mod
 from flowgraph.flow import Flow
 from flowgraph.graph import flow_graph
+from flowgraph.keys import KeySpans
 from flowgraph.pattern import Pattern
 from flowgraph.patterns import (
     dense,
@@ -30,6 +32,7 @@ from flowgraph.stack import stack
 
 __all__ = [
     "Flow",
+    "KeySpans",
     "Pattern",
     "Report",
     "StepRule",
@@ -38,6 +41,8 @@ __all__ = [
     "fixed",
     "flow_graph",
     "from_block_layout",
+    "from_block_mask",
+    "from_mask_mod",
     "from_masks",
     "local",
     "ltr",

@@ -38,7 +38,13 @@ class Report:
     witness : one missing (query, key) — the smallest query, then its smallest key — or None.
     reached : target pairs reached after each step (cumulative paths of length 1, 2, ...).
     empty_rows : per step, the queries with no key at all (a softmax over nothing).
-    causality_violations : entries with k > q over all steps of a causal pattern (0 otherwise).
+    causality_violations : entries that read a token after their query, over all steps of a
+        causal pattern (0 otherwise): k > q, or a compressed key whose span ends after q.
+    causality_witness : the first of them as (query, key, future token), or None; the token is
+        the key itself unless the key is compressed.
+    full_information_without_leaks, missing_pairs_without_leaks : for a causal pattern with
+        violations, the verdict with the violating entries removed (a leak can be what makes a
+        pattern "full"); None when there is nothing to remove.
     edges, edges_total : entries per step and their sum.
     edge_ratio : edges_total / (n·√n), the scale of the Child et al. / Daras et al. bound.
     in_degree : per step, (min, max) keys per query.
@@ -63,6 +69,9 @@ class Report:
     in_degree: tuple[tuple[int, int], ...]
     constant_in_degree: bool
     flow: Flow | None = None
+    causality_witness: tuple[int, int, int] | None = None
+    full_information_without_leaks: bool | None = None
+    missing_pairs_without_leaks: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dicts, lists, ints, floats and bools: ``json.dumps(report.to_dict())`` works."""
@@ -72,6 +81,8 @@ class Report:
         out["empty_rows"] = [list(rows) for rows in self.empty_rows]
         out["edges"] = list(self.edges)
         out["in_degree"] = [list(pair) for pair in self.in_degree]
+        if self.causality_witness is not None:
+            out["causality_witness"] = list(self.causality_witness)
         if out["flow"] is not None:
             out["flow"]["per_query"] = list(self.flow.per_query)
         return out
@@ -103,7 +114,25 @@ class Report:
                 f"  empty query rows per step: {empties} (e.g. query {first[0]} attends nothing)"
             )
         if self.causal:
-            lines.append(f"  causality violations (k > q): {self.causality_violations:,}")
+            line = f"  causality violations (k > q): {self.causality_violations:,}"
+            if self.causality_witness is not None:
+                q, k, t = self.causality_witness
+                held = "" if k == t else f", whose span holds token {t}"
+                line += f" — e.g. query {q} attends key {k}{held}"
+            lines.append(line)
+        if self.full_information_without_leaks is not None:
+            if self.full_information_without_leaks:
+                lines.append("  without the violating entries: still full information")
+            else:
+                lines.append(
+                    "  without the violating entries: NOT full information "
+                    f"({self.missing_pairs_without_leaks:,} pairs missing)"
+                    + (
+                        " — the full information comes only through the leak"
+                        if self.full_information
+                        else ""
+                    )
+                )
         if self.flow is not None:
             f = self.flow
             lines.append(
@@ -159,6 +188,11 @@ def check(
     if not isinstance(pattern, Pattern):
         raise TypeError(f"pattern must be a flowgraph.Pattern, got {type(pattern).__name__}")
     flow = _validate.flag("flow", flow)
+    if flow and pattern.compressed:
+        raise ValueError(
+            f"flow=True is not defined for {pattern.name!r}: it attends compressed keys, and the "
+            "flow constraint counts token nodes only; check it with flow=False"
+        )
     max_bytes = _validate.byte_limit("max_bytes", max_bytes)
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
@@ -180,26 +214,18 @@ def check(
     if not isinstance(progress, bool) and not callable(progress):
         raise TypeError(f"progress must be a bool or a callable, got {type(progress).__name__}")
     n = pattern.n
-    if use_intervals:
-        from flowgraph.intervals import interval_reach, interval_reach_bytes
-
-        _validate.memory(f"check(pattern) at n={n}", interval_reach_bytes(rules), max_bytes)
-        reach = _with_progress(
-            progress,
-            n * pattern.num_steps,
-            lambda tick: interval_reach(rules, pattern.causal, max_bytes=max_bytes, progress=tick),
-        )
-        degrees = [r.degrees() for r in rules]
-        violations = sum(r.causality_violations() for r in rules) if pattern.causal else 0
-    else:
-        _validate.memory(f"check(pattern) at n={n}", reach_bytes(n), max_bytes)
-        reach = _with_progress(progress, 0, lambda tick: reach_summary(pattern))
-        degrees = [np.diff(m.indptr) for m in pattern.steps]
-        violations = 0
-        if pattern.causal:
-            for m, deg in zip(pattern.steps, degrees, strict=True):
-                rows = np.repeat(np.arange(n, dtype=np.int64), deg)
-                violations += int(np.count_nonzero(m.indices > rows))
+    reach = _reach(pattern, use_intervals, progress, max_bytes)
+    degrees = [pattern.degrees(s) for s in range(pattern.num_steps)]
+    violations, leak = 0, None
+    if pattern.causal:
+        for s in range(pattern.num_steps):
+            count, first = pattern.leaks(s)
+            violations += count
+            leak = leak or first
+    fixed_reach = None
+    if violations:  # is the pattern full only through its leaks?
+        fixed = pattern.without_leaks()
+        fixed_reach = _reach(fixed, use_intervals and fixed.rules is not None, False, max_bytes)
     edges = tuple(int(d.sum()) for d in degrees)
     in_degree = tuple((int(d.min()), int(d.max())) for d in degrees)
     return Report(
@@ -220,7 +246,34 @@ def check(
         in_degree=in_degree,
         constant_in_degree=all(lo == hi for lo, hi in in_degree),
         flow=flow_summary(pattern) if flow else None,
+        causality_witness=leak,
+        full_information_without_leaks=None
+        if fixed_reach is None
+        else fixed_reach.missing_pairs == 0,
+        missing_pairs_without_leaks=None if fixed_reach is None else fixed_reach.missing_pairs,
     )
+
+
+def _reach(
+    pattern: Pattern,
+    use_intervals: bool,
+    progress: bool | Callable[[int], None],
+    max_bytes: int,
+) -> Reach:
+    n = pattern.n
+    if use_intervals:
+        from flowgraph.intervals import interval_reach, interval_reach_bytes
+
+        rules = pattern.rules
+        assert rules is not None
+        _validate.memory(f"check(pattern) at n={n}", interval_reach_bytes(rules), max_bytes)
+        return _with_progress(
+            progress,
+            n * pattern.num_steps,
+            lambda tick: interval_reach(rules, pattern.causal, max_bytes=max_bytes, progress=tick),
+        )
+    _validate.memory(f"check(pattern) at n={n}", reach_bytes(n), max_bytes)
+    return _with_progress(progress, 0, lambda tick: reach_summary(pattern))
 
 
 def _with_progress(

@@ -46,7 +46,7 @@ def _as_terms(values: np.ndarray | Sequence[np.ndarray], n: int, name: str) -> n
 class StepRule:
     """One step as a union of per-row arithmetic progressions (see the module docstring)."""
 
-    __slots__ = ("_count_tn", "_degrees", "_disjoint", "_n", "_start_tn", "_stride_t")
+    __slots__ = ("_count_tn", "_degrees", "_disjoint", "_keys", "_n", "_start_tn", "_stride_t")
 
     def __init__(
         self,
@@ -56,7 +56,9 @@ class StepRule:
         stride: int | Sequence[int],
         *,
         disjoint: bool = True,
+        keys: int | None = None,
     ) -> None:
+        keys = n if keys is None else int(keys)  # fewer keys than queries: compressed keys
         start_tn = _as_terms(start, n, "start")
         count_tn = np.maximum(_as_terms(count, n, "count"), 0)
         stride_t = np.atleast_1d(np.asarray(stride, dtype=np.int64))
@@ -70,9 +72,10 @@ class StepRule:
             raise ValueError(f"stride must be ≥ 1 in every term, got {stride_t.tolist()}")
         used_tn = count_tn > 0
         last_tn = start_tn + (count_tn - 1) * stride_t[:, None]
-        if np.any(used_tn & ((start_tn < 0) | (last_tn >= n))):
-            raise ValueError(f"every key of a rule must lie in 0..{n - 1}")
+        if np.any(used_tn & ((start_tn < 0) | (last_tn >= keys))):
+            raise ValueError(f"every key of a rule must lie in 0..{keys - 1}")
         self._n = n
+        self._keys = keys
         self._start_tn = start_tn
         self._count_tn = count_tn
         self._stride_t = stride_t
@@ -86,6 +89,11 @@ class StepRule:
     @property
     def n(self) -> int:
         return self._n
+
+    @property
+    def keys(self) -> int:
+        """Number of keys (n unless the keys are compressed)."""
+        return self._keys
 
     @property
     def num_terms(self) -> int:
@@ -110,13 +118,15 @@ class StepRule:
     @staticmethod
     def union(rules: Sequence[StepRule]) -> StepRule:
         """The step whose rows are the unions of the rules' rows (not disjoint in general)."""
-        n = rules[0].n
+        n, keys = rules[0].n, rules[0].keys
         if len(rules) == 1:
             return rules[0]
+        if any(r.keys != keys for r in rules):
+            raise ValueError("a union of rules needs every rule to have the same keys")
         starts = [r._start_tn[t] for r in rules for t in range(r.num_terms)]
         counts = [r._count_tn[t] for r in rules for t in range(r.num_terms)]
         strides = [int(s) for r in rules for s in r._stride_t]
-        return StepRule(n, starts, counts, strides, disjoint=False)
+        return StepRule(n, starts, counts, strides, disjoint=False, keys=keys)
 
     # --- counts -------------------------------------------------------------------------------
     def degrees(self) -> np.ndarray:
@@ -143,14 +153,41 @@ class StepRule:
         """Entries with key > query."""
         if not self._disjoint:
             return int(self._union_counts()[1])
-        q_n = np.arange(self._n, dtype=np.int64)
-        total = 0
+        return self.violations_above(np.arange(self._n, dtype=np.int64))[0]
+
+    def _allowed_counts(self, limit_n: np.ndarray) -> list[np.ndarray]:
+        """Per term, how many of its keys are ≤ limit_n[q] (keys start + i·stride ≤ limit for
+        i ≤ (limit − start) // stride)."""
+        out = []
         for t in range(self.num_terms):
             start, count = self._start_tn[t], self._count_tn[t]
-            # keys start + i·stride ≤ q for i ≤ (q − start) // stride
-            upto = np.where(start <= q_n, (q_n - start) // self._stride_t[t] + 1, 0)
-            total += int((count - np.minimum(count, upto)).sum())
-        return total
+            upto = np.where(start <= limit_n, (limit_n - start) // self._stride_t[t] + 1, 0)
+            out.append(np.minimum(count, upto))
+        return out
+
+    def violations_above(self, limit_n: np.ndarray) -> tuple[int, tuple[int, int] | None]:
+        """Entries whose key is above ``limit_n[q]`` (for a causal square step limit = q), and
+        the first one (smallest query, then smallest key) or None. Counts repeated keys of a
+        union once per term."""
+        total, witness = 0, None
+        allowed = self._allowed_counts(limit_n)
+        for t in range(self.num_terms):
+            over_n = self._count_tn[t] - allowed[t]
+            total += int(over_n.sum())
+            rows = np.flatnonzero(over_n > 0)
+            if rows.size:
+                q = int(rows[0])
+                key = int(self._start_tn[t, q] + allowed[t][q] * self._stride_t[t])
+                if witness is None or (q, key) < witness:
+                    witness = (q, key)
+        return total, witness
+
+    def clipped(self, limit_n: np.ndarray) -> StepRule:
+        """The rule without the keys above ``limit_n[q]`` in row q (the step without its leaks)."""
+        return StepRule(
+            self._n, list(self._start_tn), self._allowed_counts(limit_n), list(self._stride_t),
+            disjoint=self._disjoint, keys=self._keys,
+        )  # fmt: skip
 
     def _union_counts(self) -> tuple[np.ndarray, int]:
         from flowgraph._interval_kernels import union_degrees  # numba: imported on first use
@@ -184,10 +221,10 @@ class StepRule:
             rows.append(row_e)
             cols.append(self._start_tn[t, q0:q1][row_e] + self._stride_t[t] * offset_e)
         if not rows:
-            return sp.csr_array((q1 - q0, self._n), dtype=np.bool_)
+            return sp.csr_array((q1 - q0, self._keys), dtype=np.bool_)
         row_e, col_e = np.concatenate(rows), np.concatenate(cols)
         data = np.ones(row_e.size, dtype=np.bool_)
-        chunk = sp.csr_array((data, (row_e, col_e)), shape=(q1 - q0, self._n))
+        chunk = sp.csr_array((data, (row_e, col_e)), shape=(q1 - q0, self._keys))
         chunk.sum_duplicates()  # also sorts the indices
         return chunk
 
@@ -205,4 +242,4 @@ class StepRule:
         np.cumsum(indptr, out=indptr)
         indices = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
         data = np.ones(indices.size, dtype=np.bool_)
-        return sp.csr_array((data, indices, indptr), shape=(self._n, self._n))
+        return sp.csr_array((data, indices, indptr), shape=(self._n, self._keys))
