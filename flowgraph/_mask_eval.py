@@ -17,6 +17,7 @@ mask_mod FlexAttention accepts is read exactly; it is then only slower.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import torch
 
 __all__ = ["ArgumentUsed", "MaskModError", "Rows", "read_mask"]
 
-LEAF = 32  # tiles at most this wide on both axes are evaluated exactly
+LEAF = 16  # tiles at most this wide on both axes are evaluated exactly
 ROOT_CELLS = 64  # the first grid has at most this many tiles per axis
 EXACT_ELEMENTS = 1 << 21  # (query, key) pairs evaluated exactly per batch of tiles
 
@@ -518,6 +519,20 @@ def _records(
     return row_r, k0_c[cell_r], k1_c[cell_r] - 1
 
 
+def _join_rectangles(
+    q0_c: np.ndarray, q1_c: np.ndarray, k0_c: np.ndarray, k1_c: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Join all-True tiles that cover the same rows and touch along the keys, so a row's run
+    over many tiles becomes one record before the tiles are cut into rows."""
+    order = np.lexsort((k0_c, q1_c, q0_c))
+    q0_c, q1_c, k0_c, k1_c = q0_c[order], q1_c[order], k0_c[order], k1_c[order]
+    new = np.ones(q0_c.size, bool)
+    new[1:] = (q0_c[1:] != q0_c[:-1]) | (q1_c[1:] != q1_c[:-1]) | (k0_c[1:] != k1_c[:-1])
+    first = np.flatnonzero(new)
+    last = np.append(first[1:] - 1, q0_c.size - 1)
+    return q0_c[first], q1_c[first], k0_c[first], k1_c[last]
+
+
 def read_mask(
     mask_mod: Callable[..., Any],
     n: int,
@@ -577,7 +592,10 @@ def read_mask(
             exact.append((q0_c, k0_c, size_q, size_k))
             break
         q0_c, k0_c, size_q, size_k = _split(q0_c, k0_c, size_q, size_k, n, m)
-    pieces = [_records(*f) for f in full]
+    pieces = []
+    if full:
+        rects = (np.concatenate([f[i] for f in full]) for i in range(4))
+        pieces.append(_records(*_join_rectangles(*rects)))
     exact_pairs = 0
     for q0_e, k0_e, sq, sk in exact:
         for rows in _evaluate_leaves(mask_mod, b, h, q0_e, k0_e, sq, sk, n, m, name):
@@ -688,14 +706,51 @@ def _merge(
     """Sort runs by (row, key) and join the ones that touch or overlap."""
     if row_r.size == 0:
         return row_r, lo_r, hi_r
-    order = np.lexsort((lo_r, row_r))
-    row_r, lo_r, hi_r = row_r[order], lo_r[order], hi_r[order]
-    # offsets by row make one running maximum row-local
-    span = np.int64(m + 2)
-    lo_key, hi_key = row_r * span + lo_r, row_r * span + hi_r
-    reach = np.maximum.accumulate(hi_key)
-    starts = np.ones(row_r.size, bool)
-    starts[1:] = lo_key[1:] > reach[:-1] + 1
-    first = np.flatnonzero(starts)
-    last_hi = np.maximum.reduceat(hi_key, first) - row_r[first] * span
-    return row_r[first], lo_r[first], last_hi
+    n = int(row_r.max()) + 1
+    row_r, lo_r, hi_r = (np.ascontiguousarray(a, dtype=np.int64) for a in (row_r, lo_r, hi_r))
+    return _merge_kernel()(row_r, lo_r, hi_r, n)
+
+
+@functools.cache
+def _merge_kernel() -> Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    import numba as nb  # compiled on first use, cached on disk
+
+    @nb.njit(cache=True)
+    def merge(row_r, lo_r, hi_r, n):
+        # a counting sort by row, then each row's few runs sorted by key and joined
+        count_n = np.zeros(n + 1, np.int64)
+        for r in row_r:
+            count_n[r + 1] += 1
+        for q in range(n):
+            count_n[q + 1] += count_n[q]
+        fill = count_n[:-1].copy()
+        lo_s = np.empty_like(lo_r)
+        hi_s = np.empty_like(hi_r)
+        for i in range(row_r.size):
+            j = fill[row_r[i]]
+            lo_s[j] = lo_r[i]
+            hi_s[j] = hi_r[i]
+            fill[row_r[i]] += 1
+        out_row = np.empty_like(row_r)
+        out_lo = np.empty_like(lo_r)
+        out_hi = np.empty_like(hi_r)
+        k = 0
+        for q in range(n):
+            a, b = count_n[q], count_n[q + 1]
+            if a == b:
+                continue
+            order = np.argsort(lo_s[a:b], kind="mergesort")
+            cur_lo, cur_hi = lo_s[a + order[0]], hi_s[a + order[0]]
+            for t in range(1, b - a):
+                lo, hi = lo_s[a + order[t]], hi_s[a + order[t]]
+                if lo <= cur_hi + 1:
+                    cur_hi = max(cur_hi, hi)
+                else:
+                    out_row[k], out_lo[k], out_hi[k] = q, cur_lo, cur_hi
+                    k += 1
+                    cur_lo, cur_hi = lo, hi
+            out_row[k], out_lo[k], out_hi[k] = q, cur_lo, cur_hi
+            k += 1
+        return out_row[:k].copy(), out_lo[:k].copy(), out_hi[:k].copy()
+
+    return merge

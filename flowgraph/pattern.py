@@ -228,7 +228,15 @@ class Pattern:
         self._key_rules = tuple(rules)
         self._max_bytes = _validate.byte_limit("max_bytes", max_bytes)
         self._what = what or name
-        flow = [r if s is None else s.flow_rule(r) for r, s in zip(rules, spans_s, strict=True)]
+        views: dict[tuple[int, int], StepRule | None] = {}  # layers of a stack share their rules
+        flow = []
+        for r, s in zip(rules, spans_s, strict=True):
+            if s is None:
+                flow.append(r)
+                continue
+            if (id(r), id(s)) not in views:
+                views[id(r), id(s)] = s.flow_rule(r)
+            flow.append(views[id(r), id(s)])
         self._steps = [None] * len(flow)
         self._key_steps = [None] * len(flow)
         if all(r is not None for r in flow):

@@ -101,8 +101,16 @@ def _stack_rules(
     # two references per layer (its rule, and its CSR once built)
     _validate.memory(f"stack(layers={layers}, mode={mode!r})", 16 * layers, max_bytes)
     if mode == "interleave":
+        if pattern.compressed:  # layers keep their compressed keys (and the rule objects)
+            key_rules, spans = pattern.key_rules, pattern.key_spans
+            assert key_rules is not None
+            return Pattern.from_rules(
+                name, pattern.n, pattern.causal, [key_rules[i % p] for i in range(layers)],
+                params, max_bytes=max_bytes, what=name,
+                key_spans=[spans[i % p] for i in range(layers)],
+            )  # fmt: skip
         steps = [rules[i % p] for i in range(layers)]
-    else:
+    else:  # a union layer is over tokens: compressed steps join as their flow views
         joined = rules if mode == "merged" else rules[: min(heads or p, p)]
         _validate.memory(
             f"stack(layers={layers}, mode={mode!r}): the union of {len(joined)} rules",
