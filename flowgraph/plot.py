@@ -358,7 +358,9 @@ def make_flow_graph_figure(
 ) -> go.Figure:
     """The layered information-flow graph: node (s, i) at x=i, y=s, layer 0 at the bottom.
 
-    An edge (s, k) → (s+1, q) is drawn iff ``pattern.steps[s][q, k]``. When ``report`` has a
+    An edge (s, k) → (s+1, q) is drawn iff ``pattern.steps[s][q, k]``; a step over compressed
+    keys draws its keys as diamonds half-way up, each fed by the tokens of its span and feeding
+    the queries that attend it. When ``report`` has a
     witness (q, k), key k (layer 0) and query q (last layer) are marked and the edges that carry
     k's information (those leaving k's descendants) are highlighted: the reader sees them die out
     before reaching q. ``key`` highlights another key's descendants instead.
@@ -374,7 +376,8 @@ def make_flow_graph_figure(
     -------
     plotly.graph_objects.Figure
         Traces: ``edges`` and ``edges carrying key k`` (lines with NaN gaps, one segment per
-        edge, so together they hold ``edges_total`` segments), ``positions`` (the nodes), then
+        edge, so together they hold ``edges_total`` segments, plus one per span token of a
+        compressed key), ``positions`` (the nodes), then
         the descendants, the key and the query markers when something is highlighted.
 
     Raises
@@ -404,14 +407,33 @@ def make_flow_graph_figure(
     if key is not None:
         reached_sn[0, key] = True
     plain, lit = [], []
-    for s, mask in enumerate(pattern.steps):
+    key_nodes = []  # (x, y, reached) of the compressed keys, drawn half-way between layers
+    for s in range(p):
+        spans = pattern.key_spans[s]
+        mask = pattern.key_step(s)
         q_e = np.repeat(np.arange(n), np.diff(mask.indptr))
         k_e = mask.indices.astype(np.int64)
-        hot_e = reached_sn[s, k_e]
+        if spans is None:
+            hot_e = reached_sn[s, k_e]
+            x_key, y_key = k_e.astype(float), np.full(k_e.size, float(s))
+        else:  # token → compressed key (its span) → query
+            member = spans.membership()
+            j_t = np.repeat(np.arange(spans.m), np.diff(member.indptr))
+            t_t = member.indices.astype(np.int64)
+            x_m = (spans.first_m + spans.last_m) / 2
+            hot_t = reached_sn[s, t_t]
+            hot_m = np.zeros(spans.m, np.bool_)
+            hot_m[j_t[hot_t]] = True
+            for chosen, out in ((~hot_t, plain), (hot_t, lit)):
+                y0 = np.full(int(chosen.sum()), float(s))
+                out.append((t_t[chosen].astype(float), y0, x_m[j_t[chosen]], y0 + 0.5))
+            key_nodes.append((x_m, np.full(spans.m, s + 0.5), hot_m))
+            hot_e = hot_m[k_e]
+            x_key, y_key = x_m[k_e], np.full(k_e.size, s + 0.5)
         reached_sn[s + 1, q_e[hot_e]] = True
         for chosen, out in ((~hot_e, plain), (hot_e, lit)):
-            y0 = np.full(int(chosen.sum()), float(s))
-            out.append((k_e[chosen].astype(float), y0, q_e[chosen].astype(float), y0 + 1))
+            y1 = np.full(int(chosen.sum()), float(s + 1))
+            out.append((x_key[chosen], y_key[chosen], q_e[chosen].astype(float), y1))
 
     fig = go.Figure()
     x, y = _segments(plain)
@@ -451,6 +473,24 @@ def make_flow_graph_figure(
             showlegend=False,
         )
     )
+    if key_nodes:
+        x_c = np.concatenate([k[0] for k in key_nodes])
+        y_c = np.concatenate([k[1] for k in key_nodes])
+        hot_c = np.concatenate([k[2] for k in key_nodes])
+        fig.add_trace(
+            go.Scatter(
+                x=x_c,
+                y=y_c,
+                mode="markers",
+                name="compressed keys (each stands for its span of tokens)",
+                marker={
+                    "color": np.where(hot_c, _KEY, "#4c78a8").tolist(),
+                    "size": node_size + 2,
+                    "symbol": "diamond",
+                },
+                hovertemplate="compressed key at step %{y:.0f}<extra></extra>",
+            )
+        )
     if key is not None:
         layer_d, pos_d = np.nonzero(reached_sn)
         fig.add_trace(

@@ -354,3 +354,35 @@ def test_to_dict_keeps_compressed_keys():
     p = fg.from_mask_mod(nsa_fixed, 256, kv_len=4, key_span=64)
     q = fg.Pattern.from_dict(p.to_dict())
     assert q == p and q.key_spans[0] == p.key_spans[0]
+
+
+def test_spans_with_gaps_are_checked_through_their_csr_flow_view():
+    n = 40
+    spans = KeySpans.from_array([[0, 3], [10, 12], [20, 29]], n)  # not chained: tokens between
+    assert not spans.chained
+
+    def keys(b, h, q, kv):
+        return q >= torch.tensor([3, 12, 29])[kv]
+
+    p = fg.from_mask_mod(keys, n, kv_len=3, key_span=spans)
+    assert p.rules is None  # the flow view is a CSR product
+    flow = (dense_mask(keys, n, 3).astype(int) @ spans.membership().toarray().astype(int)) > 0
+    np.testing.assert_array_equal(p.dense(0), flow)
+    r = fg.check(p)
+    assert r.missing_pairs == n * (n + 1) // 2 - int(np.tril(flow).sum())
+    assert r.causality_violations == 0 and r.edges == (int(dense_mask(keys, n, 3).sum()),)
+
+
+def test_flow_graph_figure_draws_compressed_keys():
+    from flowgraph import plot
+
+    n = 16
+    p = fg.from_mask_mod(lambda b, h, q, kv: q >= kv * 4 + 3, n, kv_len=4, key_span=4)
+    fig = plot.make_flow_graph_figure(p, key=0)
+    names = [t.name for t in fig.data]
+    assert "compressed keys (each stands for its span of tokens)" in names
+    held = fig.data[names.index("holds key 0's information")]
+    reach = fg.reachability(p)[0]
+    assert sorted(int(x) for x, y in zip(held.x, held.y, strict=True) if y == 1) == [
+        q for q in range(n) if reach[q, 0]
+    ]
