@@ -153,7 +153,9 @@ def test_interval_rules_never_decide_a_tile_wrongly(mask_mod, n, m):
     except _mask_eval.MaskModError:  # an expression with no index in it: not a mask
         return
     slow = _mask_eval.read_mask(mask_mod, n, m, b, h, "random", intervals=False)
-    for a, c in zip((fast.row_r, fast.lo_r, fast.hi_r), (slow.row_r, slow.lo_r, slow.hi_r)):
+    for a, c in zip(
+        (fast.row_r, fast.lo_r, fast.hi_r), (slow.row_r, slow.lo_r, slow.hi_r), strict=True
+    ):
         np.testing.assert_array_equal(a, c)
 
 
@@ -312,7 +314,7 @@ def test_bad_mask_mods_are_named():
     def short_data(b, h, q, kv):
         return DOC_N[q] == DOC_N[kv]
 
-    with pytest.raises(ValueError, match="raises.*KeyError"):
+    with pytest.raises(ValueError, match=r"raises.*KeyError"):
         fg.from_mask_mod(raises, 16)
     with pytest.raises(ValueError, match="returns_int must return a bool tensor"):
         fg.from_mask_mod(returns_int, 16)
@@ -320,7 +322,7 @@ def test_bad_mask_mods_are_named():
         fg.from_mask_mod(python_if, 16)
     with pytest.raises(ValueError, match="short_data indexes a tensor out of range"):
         fg.from_mask_mod(short_data, 300)
-    with pytest.raises(ValueError, match="depends on h.*heads="):
+    with pytest.raises(ValueError, match=r"depends on h.*heads="):
         fg.from_mask_mod(per_head, 16)
     with pytest.raises(TypeError, match="four arguments"):
         fg.from_mask_mod(lambda q, kv: q >= kv, 16)
@@ -329,11 +331,11 @@ def test_bad_mask_mods_are_named():
 
 
 def test_bad_key_spans_are_refused_before_any_work():
-    with pytest.raises(ValueError, match="kv_len=4 differs from n=256.*key_span"):
+    with pytest.raises(ValueError, match=r"kv_len=4 differs from n=256.*key_span"):
         fg.from_mask_mod(nsa_fixed, 256, kv_len=4)
     with pytest.raises(ValueError, match="key_span describes 3 keys but kv_len=4"):
         fg.from_mask_mod(nsa_fixed, 256, kv_len=4, key_span=[[0, 63], [64, 127], [128, 255]])
-    with pytest.raises(ValueError, match="kv_len must be in 1..4"):
+    with pytest.raises(ValueError, match=r"kv_len must be in 1..4"):
         fg.from_mask_mod(nsa_fixed, 256, kv_len=5, key_span=64)
     with pytest.raises(ValueError, match=r"key_span\[1\] = \[64, 300\]"):
         fg.from_mask_mod(nsa_fixed, 256, key_span=[[0, 63], [64, 300]])
