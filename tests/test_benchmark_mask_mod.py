@@ -32,7 +32,7 @@ def test_quick_run_prints_the_table_and_the_goals(tmp_path: Path) -> None:
 def test_dense_oracle_agrees_with_flowgraph() -> None:
     script = load_script("mask_mod")
     for name in script.MASKS:
-        p, r = script.ours(name, 640)
+        _, r = script.ours(name, 640)
         assert script.dense(name, 640) == (r.missing_pairs, r.causality_violations), name
 
 
