@@ -1,9 +1,11 @@
 """models.heads — what a trained model's attention heads learned.
 
-:func:`load_checkpoint` opens our runs, Hugging Face BERT-family and GPT-2 directories and nanoGPT
-``ckpt.pt`` files as a :class:`Checkpoint`; its methods give every layer's attention, each head's
-query/key weights (:class:`HeadWeights`), bilinear form (:class:`QKForm`), induced token
-distances and the share of attention a sparse pattern would keep. :func:`rollout` and
+:func:`load_checkpoint` opens our runs, Hugging Face BERT-family, GPT-2 and Llama-style (Llama,
+Mistral, Qwen2) directories and nanoGPT ``ckpt.pt`` files as a :class:`Checkpoint`; its methods
+give every layer's attention, each head's query/key weights (:class:`HeadWeights`), bilinear form
+(:class:`QKForm`; for rotary models at an offset, with its rotation planes,
+:class:`RotaryPlanes`), induced token distances and the share of attention a sparse pattern
+would keep. :func:`rollout` and
 :func:`attention_flow` read a model as a flow network (Abnar & Zuidema 2020; docs/flow.md)
 and :func:`fit_pattern` ranks the sparse patterns that would keep what it uses. Files are
 untrusted input: hostile or broken ones (pickles built to hang the loader, lying headers or
@@ -16,6 +18,7 @@ from flowgraph.models.heads.checkpoint import Checkpoint, load_checkpoint
 from flowgraph.models.heads.fit import FitReport, PatternFit, fit_pattern
 from flowgraph.models.heads.metrics import QKForm
 from flowgraph.models.heads.rollout import mixed_attention, rollout
+from flowgraph.models.heads.rotary import Rotary, RotaryPlanes
 from flowgraph.models.heads.safe_load import UnsafeCheckpointError
 from flowgraph.models.heads.weights import HeadWeights
 
@@ -25,6 +28,8 @@ __all__ = [
     "HeadWeights",
     "PatternFit",
     "QKForm",
+    "Rotary",
+    "RotaryPlanes",
     "UnsafeCheckpointError",
     "attention_flow",
     "fit_pattern",

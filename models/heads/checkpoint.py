@@ -6,7 +6,8 @@
 - a run directory of ``flowgraph train`` (``DIR`` holding ``DIR/checkpoint``, or the checkpoint
   directory itself: ``config.json`` with ``"format"`` and ``"checksums"``, ``model.safetensors``);
 - a Hugging Face model directory (``config.json`` with ``model_type`` bert, roberta,
-  xlm-roberta or gpt2, and ``model.safetensors``, ``pytorch_model.bin`` or their sharded index);
+  xlm-roberta, gpt2, llama, mistral or qwen2, and ``model.safetensors``, ``pytorch_model.bin``
+  or their sharded index);
 - a nanoGPT ``ckpt.pt`` file (or a directory holding one).
 
 A file inside a directory checkpoint (``model.safetensors``, ``config.json``) stands for its
@@ -18,8 +19,9 @@ header, without reading the data), and that what a :class:`Checkpoint` computes 
 (:func:`check_memory`: the weights, their float64 copies, the attention of a longest sequence,
 against the machine's memory or ``FLOWGRAPH_MEMORY_LIMIT``); the weights are read, the torch
 modules built and the float64 head weights converted on first use, once per :class:`Checkpoint`.
-:meth:`Checkpoint.attention` keeps the last few results, since a dashboard asks for the same
-sequence head after head. Nothing is ever unpickled except through :mod:`models.heads.safe_load`.
+:meth:`Checkpoint.attention` keeps the last few results (at most :data:`ATTENTION_CACHE_SIZE`
+sequences and ``cache_bytes`` bytes), since a dashboard asks for the same sequence head after
+head. Nothing is ever unpickled except through :mod:`models.heads.safe_load`.
 """
 
 from __future__ import annotations
@@ -41,10 +43,14 @@ import torch
 import flowgraph as fg
 from flowgraph.models.checkpoint import CheckpointError
 from flowgraph.models.heads.metrics import QKForm, coverage, qk_form, token_distances
+from flowgraph.models.heads.rotary import Rotary, RotaryPlanes, rotary_planes, rotary_qk_form
 from flowgraph.models.heads.weights import HeadWeights
 
 __all__ = [
+    "ATTENTION_CACHE_BYTES",
     "ATTENTION_CACHE_SIZE",
+    "ATTENTION_DTYPES",
+    "LONG_CONTEXT_TOKENS",
     "MAX_CONFIG_SIZE",
     "MEMORY_LIMIT_ENV",
     "Checkpoint",
@@ -54,6 +60,11 @@ __all__ = [
 ]
 
 ATTENTION_CACHE_SIZE = 8  # sequences whose attention a Checkpoint keeps (a dashboard flips heads)
+ATTENTION_CACHE_BYTES = 2**30  # and their bytes: holds a 1024-token GPT-2 small sequence (576 MiB)
+ATTENTION_DTYPES = (np.float32, np.float64)  # what attention(dtype=...) may return
+# A rotary model's n_ctx is a rope setting (up to 128k tokens), not a table's size: loading checks
+# memory for sequences this long, and a longer one is checked when attention() is given it.
+LONG_CONTEXT_TOKENS = 1024
 MAX_CONFIG_SIZE = 2**31 - 1  # a size beyond torch's int32 index range is a corrupt config
 MEMORY_LIMIT_ENV = "FLOWGRAPH_MEMORY_LIMIT"  # bytes; default: the machine's physical memory
 
@@ -275,6 +286,24 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.3g} GiB"
 
 
+def _cache_bytes(value: object) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"cache_bytes must be an int, got {value!r} ({type(value).__name__})")
+    if value < 0:
+        raise ValueError(f"cache_bytes must be ≥ 0 (0 keeps nothing), got cache_bytes={value}")
+    return int(value)
+
+
+def _attention_dtype(dtype: object) -> np.dtype:
+    try:
+        out = np.dtype(dtype)  # type: ignore[call-overload]
+    except TypeError:
+        out = None
+    if out is None or out.type not in ATTENTION_DTYPES:
+        raise ValueError(f"dtype must be numpy.float32 or numpy.float64, got dtype={dtype!r}")
+    return out
+
+
 def check_memory(where: object, **sizes: Any) -> None:
     """Refuse (:class:`CheckpointError` naming ``where``, the bytes needed, the largest part and
     the limit) a checkpoint whose computations (:func:`memory_needed`, with ``sizes`` its
@@ -293,14 +322,19 @@ def check_memory(where: object, **sizes: Any) -> None:
 
 
 class Checkpoint(ABC):
-    """One trained model's attention, weights and vocabulary, numpy float64 out.
+    """One trained model's attention, weights and vocabulary, as numpy arrays: weights, forms
+    and distances in float64, attention in the forward pass's precision (float32) unless asked.
 
     Attributes: ``path``, ``name`` (directory name or file stem), ``kind`` ("flowgraph", "bert",
-    "gpt2", "nanogpt"), ``attention_kind`` ("dot", "metric", "quadratic"), ``num_layers``,
-    ``num_heads``, ``head_dim``, ``d_model``, ``n_ctx``, ``vocab_size``, ``causal``.
+    "gpt2", "nanogpt", "llama", "mistral", "qwen2"), ``attention_kind`` ("dot", "metric",
+    "quadratic"), ``num_layers``, ``num_heads``, ``head_dim``, ``d_model``, ``n_ctx``,
+    ``vocab_size``, ``causal``; ``num_kv_heads`` (key heads per layer: fewer than
+    ``num_heads`` under grouped-query attention, :meth:`kv_group`) and ``rotary`` (the
+    :class:`~models.heads.rotary.Rotary` position embedding, or None).
 
     Arrays returned are read-only (they may be shared with the cache); copy to modify.
-    Build one with :func:`load_checkpoint`; the loaders subclass it.
+    Build one with :func:`load_checkpoint`; the loaders subclass it. ``cache_bytes`` bounds
+    the bytes of attention kept (:meth:`attention`; settable, 0 keeps nothing).
     """
 
     kind: str = ""
@@ -318,14 +352,24 @@ class Checkpoint(ABC):
         n_ctx: int,
         vocab_size: int,
         causal: bool,
+        num_kv_heads: int | None = None,
+        rotary: Rotary | None = None,
+        cache_bytes: int = ATTENTION_CACHE_BYTES,
     ) -> None:
         self.path, self.name = Path(path), name
         self.attention_kind = attention_kind
         self.num_layers, self.num_heads, self.head_dim = num_layers, num_heads, head_dim
         self.d_model, self.n_ctx, self.vocab_size = d_model, n_ctx, vocab_size
         self.causal = causal
+        self.num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if self.num_kv_heads < 1 or num_heads % self.num_kv_heads:
+            raise ValueError(f"num_kv_heads={self.num_kv_heads} must divide num_heads={num_heads}")
+        self.rotary = rotary
+        # the longest sequence whose attention memory check_memory has approved
+        self._checked_tokens = n_ctx
         self._lock = threading.RLock()  # dashboard callbacks may run in threads
-        self._attention_cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._cache_bytes = _cache_bytes(cache_bytes)
+        self._attention_cache: OrderedDict[tuple[bytes, str], np.ndarray] = OrderedDict()
         self._weights_cache: dict[int, HeadWeights] = {}
         self._lazy: dict[str, Any] = {}
 
@@ -356,8 +400,10 @@ class Checkpoint(ABC):
     def _vocabulary(self) -> tuple[list[str], Callable[[str], list[int]]]:
         """The tokens (index = id) and a function text → ids."""
 
-    def _check_memory(self, weight_bytes: int) -> None:
-        """:func:`check_memory` for this checkpoint's sizes."""
+    def _check_memory(self, weight_bytes: int, tokens: int | None = None) -> None:
+        """:func:`check_memory` for this checkpoint's sizes, with the attention of a sequence of
+        ``tokens`` (default n_ctx) tokens; a longer one is checked when it is given."""
+        tokens = self.n_ctx if tokens is None else min(tokens, self.n_ctx)
         check_memory(
             self.path,
             attention_kind=self.attention_kind,
@@ -365,10 +411,24 @@ class Checkpoint(ABC):
             num_heads=self.num_heads,
             head_dim=self.head_dim,
             d_model=self.d_model,
-            n_ctx=self.n_ctx,
+            n_ctx=tokens,
             vocab_size=self.vocab_size,
             weight_bytes=weight_bytes,
         )
+        self._checked_tokens = tokens
+
+    def _check_sequence_memory(self, T: int) -> None:
+        """Refuse a sequence longer than the load-time memory check covered whose attention
+        cannot fit in :func:`memory_limit`."""
+        L, H = self.num_layers, self.num_heads
+        need = 12 * L * H * T * T + 16 * H * T * T  # as memory_needed counts it
+        limit, source = memory_limit()
+        if need > limit:
+            raise ValueError(
+                f"input_ids has {T} tokens: their ({L}, {H}, {T}, {T}) attention needs about "
+                f"{need} bytes ({_gib(need)}), more than the limit of {limit} bytes "
+                f"({_gib(limit)}, {source}); use a shorter sequence"
+            )
 
     def _cached(self, key: str, build: Callable[[], Any]) -> Any:
         """``build()`` once per Checkpoint (thread-safe)."""
@@ -392,24 +452,70 @@ class Checkpoint(ABC):
         ids = self._cached("vocabulary", self._vocabulary)[1](text)
         return np.asarray(ids, dtype=np.int64)
 
-    def attention(self, input_ids: object) -> np.ndarray:
-        """(L, H, T, T) float64: every layer's attention probabilities for the sequence
-        ``input_ids`` (1-D ints, T ≤ n_ctx), from the model's own forward pass; row q is query q's
+    def attention(self, input_ids: object, *, dtype: object = None) -> np.ndarray:
+        """(L, H, T, T): every layer's attention probabilities for the sequence ``input_ids``
+        (1-D ints, T ≤ n_ctx), from the model's own forward pass; row q is query q's
         distribution over keys (a query that may attend no key under a sparse pattern has a zero
-        row). Read-only; the last :data:`ATTENTION_CACHE_SIZE` sequences are cached."""
+        row). ``dtype``: numpy.float32 or numpy.float64; None (the default) keeps the forward
+        pass's own precision: float32 for every loader here, which all compute in float32
+        (float64 would only double the bytes), float64 for a forward that gives float64.
+        Read-only. The last :data:`ATTENTION_CACHE_SIZE` results are cached, at
+        most ``cache_bytes`` bytes of them (:data:`ATTENTION_CACHE_BYTES` unless the loader was
+        told otherwise): the least recently used go first, and a result larger than the bound
+        is returned without being kept. :meth:`clear` empties the cache."""
+        out_dtype = None if dtype is None else _attention_dtype(dtype)
         ids = as_ids("input_ids", input_ids, vocab_size=self.vocab_size, max_len=self.n_ctx)
-        key = ids.tobytes()
+        if ids.size > self._checked_tokens:
+            self._check_sequence_memory(int(ids.size))
+        key = (ids.tobytes(), "native" if out_dtype is None else out_dtype.str)
         with self._lock:
             if key in self._attention_cache:
                 self._attention_cache.move_to_end(key)
                 return self._attention_cache[key]
             with torch.inference_mode():
-                attn_lhtt = self._attention_lhtt(torch.from_numpy(ids))
-            out = _readonly(attn_lhtt.detach().to(torch.float64).numpy())
-            self._attention_cache[key] = out
-            if len(self._attention_cache) > ATTENTION_CACHE_SIZE:
-                self._attention_cache.popitem(last=False)
+                attn_lhtt = self._attention_lhtt(torch.from_numpy(ids)).detach()
+            if out_dtype is None:
+                native = attn_lhtt.dtype == torch.float64
+                torch_dtype = torch.float64 if native else torch.float32
+            else:
+                torch_dtype = torch.float64 if out_dtype == np.float64 else torch.float32
+            out = _readonly(attn_lhtt.to(torch_dtype).contiguous().numpy())
+            self._keep(key, out)
             return out
+
+    def _keep(self, key: tuple[bytes, str], out: np.ndarray) -> None:
+        """Cache ``out`` under ``key``, evicting the oldest entries past either bound."""
+        if out.nbytes > self._cache_bytes:
+            return
+        cache = self._attention_cache
+        cache[key] = out
+        while len(cache) > ATTENTION_CACHE_SIZE or self.cached_bytes > self._cache_bytes:
+            cache.popitem(last=False)
+
+    @property
+    def cache_bytes(self) -> int:
+        """The most bytes of attention :meth:`attention` keeps (0: none); setting it evicts
+        down to the new bound."""
+        return self._cache_bytes
+
+    @cache_bytes.setter
+    def cache_bytes(self, value: int) -> None:
+        value = _cache_bytes(value)
+        with self._lock:
+            self._cache_bytes = value
+            while self._attention_cache and self.cached_bytes > value:
+                self._attention_cache.popitem(last=False)
+
+    @property
+    def cached_bytes(self) -> int:
+        """The bytes of attention kept now."""
+        with self._lock:
+            return sum(a.nbytes for a in self._attention_cache.values())
+
+    def clear(self) -> None:
+        """Forget every cached attention result (weights and forms are not affected)."""
+        with self._lock:
+            self._attention_cache.clear()
 
     def head_weights(self, layer: int) -> HeadWeights:
         """Layer ``layer``'s query/key weights in float64 (:class:`HeadWeights`), cached."""
@@ -443,22 +549,76 @@ class Checkpoint(ABC):
 
         return self._cached("position_embeddings", build)
 
-    def qk_form(self, layer: int, head: int, space: str = "model") -> QKForm:
+    def qk_form(self, layer: int, head: int, space: str = "model", *, offset: int = 0) -> QKForm:
         """Head ``head`` of layer ``layer``'s bilinear form (:func:`models.heads.metrics.qk_form`):
-        M in ``space="head"`` (metric heads only), PᵀMP / W_qʰW_kʰᵀ / U in ``"model"``."""
+        M in ``space="head"`` (metric heads only), PᵀMP / W_qʰW_kʰᵀ / U in ``"model"``.
+
+        ``offset`` Δ = key position − query position (≤ 0 for the keys a causal query sees).
+        A rotary model's form depends on it: W_q R(Δθ) W_kᵀ
+        (:func:`~models.heads.rotary.rotary_qk_form`), and offset=0 is W_q W_kᵀ. Any other
+        model's form does not (positions enter through its embeddings), so only offset=0 is
+        accepted there: another value is a ValueError, never silently the same form."""
         head = _index("head", head, self.num_heads, "heads per layer")
-        return qk_form(self.head_weights(layer), head, space)
+        offset = self._offset(offset)
+        if self.rotary is None or space != "model":  # space="head" is refused for dot heads
+            return qk_form(self.head_weights(layer), head, space)
+        return rotary_qk_form(self.head_weights(layer), head, self.rotary, offset)
+
+    def _offset(self, offset: object) -> int:
+        if isinstance(offset, (bool, np.bool_)) or not isinstance(offset, (int, np.integer)):
+            raise TypeError(
+                f"offset must be an int (key position − query position), got {offset!r} "
+                f"({type(offset).__name__})"
+            )
+        if self.rotary is None and offset != 0:
+            raise ValueError(
+                f"offset={offset}, but {self.name} ({self.kind}) has no rotary position "
+                "embedding: its form does not depend on the offset; use offset=0"
+            )
+        return int(offset)
+
+    def rotary_planes(self, layer: int, head: int) -> RotaryPlanes:
+        """Head ``head`` of layer ``layer``'s rotation planes
+        (:func:`~models.heads.rotary.rotary_planes`): per frequency θ_i its wavelength, scale
+        and rotation. A model without rotary embeddings raises ValueError."""
+        head = _index("head", head, self.num_heads, "heads per layer")
+        if self.rotary is None:
+            raise ValueError(
+                f"{self.name} ({self.kind}) has no rotary position embedding, so no rotation planes"
+            )
+        return rotary_planes(self.head_weights(layer), head, self.rotary)
+
+    def kv_head(self, head: int) -> int:
+        """The key/value head that query head ``head`` reads: ⌊head / g⌋ with g =
+        num_heads / num_kv_heads (grouped-query attention, as transformers' ``repeat_kv``)."""
+        head = _index("head", head, self.num_heads, "heads per layer")
+        return head // (self.num_heads // self.num_kv_heads)
+
+    def kv_group(self, head: int) -> tuple[int, ...]:
+        """The query heads that share ``head``'s key head, ``head`` among them (just
+        ``(head,)`` without grouped-query attention). Their forms share W_k."""
+        size = self.num_heads // self.num_kv_heads
+        first = self.kv_head(head) * size
+        return tuple(range(first, first + size))
 
     def token_distances(
-        self, layer: int, head: int, token_ids: object, positions: bool = False
+        self,
+        layer: int,
+        head: int,
+        token_ids: object,
+        positions: bool = False,
+        *,
+        offset: int = 0,
     ) -> np.ndarray:
         """(T, T) signed squared distances (e_a − e_b) S (e_a − e_b)ᵀ between the embeddings of
         ``token_ids`` under the symmetric part S of the head's model-space form. ``positions``:
         add the position embedding :meth:`attention` gives each token of the sequence (row t
         of :meth:`position_embeddings` for token t; RoBERTa skips padding tokens, as its
-        forward does), and then T ≤ n_ctx."""
+        forward does), and then T ≤ n_ctx. ``offset``: the form at that offset
+        (:meth:`qk_form`; rotary models, whose positions enter through it)."""
         if not isinstance(positions, bool):
             raise TypeError(f"positions must be a bool, got {positions!r}")
+        offset = self._offset(offset)
         ids = as_ids(
             "token_ids",
             token_ids,
@@ -469,12 +629,13 @@ class Checkpoint(ABC):
         if positions:
             pos_tc = self._sequence_positions(ids)
             if pos_tc is None:
+                hint = " (positions enter its form: pass offset=Δ)" if self.rotary else ""
                 raise ValueError(
                     f"positions=True but {self.name} ({self.kind}) has no learned position "
-                    "embeddings; use positions=False"
+                    f"embeddings; use positions=False{hint}"
                 )
             e_tc = e_tc + pos_tc
-        s_cc = self.qk_form(layer, head, "model").symmetric
+        s_cc = self.qk_form(layer, head, "model", offset=offset).symmetric
         return token_distances(s_cc, e_tc)
 
     def coverage(self, input_ids: object, pattern: fg.Pattern, mode: str = "merged") -> np.ndarray:
@@ -483,11 +644,16 @@ class Checkpoint(ABC):
         return coverage(self.attention(input_ids), pattern, mode)
 
     def __repr__(self) -> str:
+        extra = ""
+        if self.num_kv_heads != self.num_heads:
+            extra += f", kv_heads={self.num_kv_heads}"
+        if self.rotary is not None:
+            extra += f", rotary={self.rotary.rope_type!r}"
         return (
             f"{type(self).__name__}(name={self.name!r}, kind={self.kind!r}, "
             f"attention_kind={self.attention_kind!r}, layers={self.num_layers}, "
             f"heads={self.num_heads}, head_dim={self.head_dim}, d_model={self.d_model}, "
-            f"n_ctx={self.n_ctx}, vocab_size={self.vocab_size}, causal={self.causal})"
+            f"n_ctx={self.n_ctx}, vocab_size={self.vocab_size}, causal={self.causal}{extra})"
         )
 
 
@@ -524,8 +690,9 @@ LOOKED_FOR = (
 )
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
+def load_checkpoint(path: str | Path, *, cache_bytes: int = ATTENTION_CACHE_BYTES) -> Checkpoint:
     """The :class:`Checkpoint` at ``path``, whichever kind it is (see the module docstring).
+    ``cache_bytes``: the most bytes of attention results it keeps (:meth:`Checkpoint.attention`).
 
     Raises :class:`~models.checkpoint.CheckpointError` (a ValueError) naming the path and what
     was looked for when ``path`` is none of the kinds, and naming the file (and tensor) when a
@@ -533,9 +700,15 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     """
     if not isinstance(path, (str, Path)):
         raise TypeError(f"path must be a str or Path, got {type(path).__name__}")
-    path = Path(path)
+    cache_bytes = _cache_bytes(cache_bytes)
+    ckpt = _load(Path(path))
+    ckpt.cache_bytes = cache_bytes
+    return ckpt
+
+
+def _load(path: Path) -> Checkpoint:
     if path.is_file() and path.suffix != ".pt" and (path.parent / "config.json").is_file():
-        return load_checkpoint(path.parent)  # a file of a directory checkpoint: the directory
+        return _load(path.parent)  # a file of a directory checkpoint: the directory
     if path.is_file():
         from flowgraph.models.heads.nanogpt import load_nanogpt
 

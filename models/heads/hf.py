@@ -1,6 +1,7 @@
-"""Hugging Face model directories, without ``transformers``: the BERT family and GPT-2.
+"""Hugging Face model directories, without ``transformers``: the BERT family and GPT-2 here,
+Llama-style decoders (llama, mistral, qwen2) in :mod:`models.heads.llama`.
 
-A directory with ``config.json`` (``model_type`` bert, roberta, xlm-roberta or gpt2) and its
+A directory with ``config.json`` (``model_type`` one of :data:`MODEL_TYPES`) and its
 weights as ``model.safetensors``, ``pytorch_model.bin`` (read with ``weights_only=True``) or a
 sharded ``*.index.json``. Tensor names may carry a head model's prefix (``bert.``, ``roberta.``,
 ``transformer.``) and old BERT files' LayerNorm ``gamma``/``beta``; tensors other than the
@@ -69,7 +70,19 @@ __all__ = [
     "load_hf",
 ]
 
-MODEL_TYPES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta", "gpt2": "gpt2"}
+MODEL_TYPES = {  # model_type → the loader's family
+    "bert": "bert",
+    "roberta": "roberta",
+    "xlm-roberta": "roberta",
+    "gpt2": "gpt2",
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "llama",
+}
+_FAMILIES = (
+    "BERT family: BertModel/RobertaModel layout; GPT-2; Llama-style decoders: Llama, Mistral, "
+    "Qwen2, SmolLM, TinyLlama"
+)
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,  # the exact (erf) GELU
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
@@ -484,12 +497,13 @@ class GPT2Checkpoint(_HFCheckpoint):
 
 def hf_vocabulary(directory: Path, vocab_size: int) -> tuple[list[str], Callable[[str], list[int]]]:
     """Tokens and tokenizer of a Hugging Face directory: ``tokenizer.json`` (special tokens
-    added as its post-processor says), else WordPiece ``vocab.txt`` (lower-cased unless
-    ``tokenizer_config.json`` says ``do_lower_case: false``; [CLS] … [SEP] added), else
-    byte-level BPE ``vocab.json`` + ``merges.txt`` (no special tokens), else the ids themselves
-    (tokens ``str(id)``, text "5 17 3"). Ids the tokenizer does not cover are shown as str(id).
-    Padding and truncation configured in the file are switched off: a text longer than n_ctx
-    is an error in :meth:`Checkpoint.attention`, never silently cut."""
+    added as its post-processor says, whatever ``tokenizer_config.json``'s ``add_bos_token`` /
+    ``add_eos_token``; transformers 5 does the same), else WordPiece ``vocab.txt``
+    (lower-cased unless ``tokenizer_config.json`` says ``do_lower_case: false``; [CLS] … [SEP]
+    added), else byte-level BPE ``vocab.json`` + ``merges.txt`` (no special tokens), else the
+    ids themselves (tokens ``str(id)``, text "5 17 3"). Ids the tokenizer does not cover are
+    shown as str(id). Padding and truncation configured in the file are switched off: a text
+    longer than n_ctx is an error in :meth:`Checkpoint.attention`, never silently cut."""
     tokenizer = None
     if (directory / "tokenizer.json").is_file():
         from tokenizers import Tokenizer
@@ -535,11 +549,22 @@ def load_hf(path: Path, config: Any) -> Checkpoint:
         raise CheckpointError(f"{file}: expected a JSON object, got {type(config).__name__}")
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or model_type not in MODEL_TYPES:
+        architectures = config.get("architectures")
+        named = (  # the architecture names the model best; cut, the file is untrusted
+            f" ({', '.join(architectures)[:80]})"
+            if isinstance(architectures, list) and all(isinstance(a, str) for a in architectures)
+            else ""
+        )
         raise CheckpointError(
-            f"{file}: model_type={model_type!r} is not supported; supported: "
-            f"{', '.join(MODEL_TYPES)} (BERT family: BertModel/RobertaModel layout; GPT-2)"
+            f"{file}: model_type={model_type!r}{named} is not supported; supported: "
+            f"{', '.join(MODEL_TYPES)} ({_FAMILIES})"
         )
     store = TensorStore(_weight_files(path))
-    if MODEL_TYPES[model_type] == "gpt2":
+    family = MODEL_TYPES[model_type]
+    if family == "gpt2":
         return GPT2Checkpoint(path, config, store)
+    if family == "llama":
+        from flowgraph.models.heads.llama import LlamaCheckpoint
+
+        return LlamaCheckpoint(path, config, store)
     return BertCheckpoint(path, config, store)
