@@ -22,13 +22,32 @@ from flowgraph.app.cli_command import add_command
 from flowgraph.app.cli_dashboard import add_subcommand as add_dashboard
 from flowgraph.app.cli_flow import add_subcommand as add_flow
 from flowgraph.app.cli_heads import add_subcommand as add_heads
+from flowgraph.app.cli_mask_mod import MaskModUsageError
+from flowgraph.app.cli_mask_mod import add_arguments as add_mask_mod_arguments
+from flowgraph.app.cli_mask_mod import pattern_from_args as mask_mod_pattern
 from flowgraph.app.cli_word2vec import add_subcommand as add_word2vec
 
 __all__ = ["build_parser", "main"]
 
 EXIT_FULL, EXIT_MISSING, EXIT_USAGE = 0, 1, 2
-PATTERNS = ("dense", "local", "strided", "fixed", "ltr", "rtl", "star")
-BIDIRECTIONAL_ONLY = ("ltr", "rtl", "star")  # defined without a causal variant
+PATTERNS = tuple(fg.LIBRARY)  # every named pattern of flowgraph.library.LIBRARY
+TRAIN_PATTERNS = ("dense", "local", "strided", "fixed", "ltr", "rtl", "star")  # models.gpt's
+BIDIRECTIONAL_ONLY = tuple(n for n, s in fg.LIBRARY.items() if s.directions == ("bidirectional",))
+CAUSAL_ONLY = tuple(n for n, s in fg.LIBRARY.items() if s.directions == ("causal",))
+
+
+def _pattern_options() -> dict[str, list[str]]:
+    """Every parameter of a named pattern, in registry order, and the patterns that take it."""
+    out: dict[str, list[str]] = {}
+    for spec in fg.LIBRARY.values():
+        for param in spec.params:
+            out.setdefault(param.name, []).append(spec.name)
+    return out
+
+
+PATTERN_OPTIONS = _pattern_options()  # each one an option of `flowgraph check`
+MASKS_CHECKED = ("stride", "summary", "window", "hub")  # the options _run_check refuses itself
+RENAMED = {"heads": "pattern_heads"}  # fixed_heads' heads: --heads is the stack's heads a layer
 
 
 class UsageError(Exception):
@@ -46,37 +65,51 @@ def build_parser() -> argparse.ArgumentParser:
     check = add_command(
         sub,
         "check",
-        _run_check,
+        _run_check_command,
         "check a pattern for full information, edges, in-degree, causality and flow",
         "Check a sparse attention pattern. Exit status: 0 full information, "
         "1 information is missing, 2 bad arguments.",
     )
-    check.add_argument("pattern", nargs="?", choices=PATTERNS, help="a named pattern")
+    check.formatter_class = argparse.RawDescriptionHelpFormatter
+    check.epilog = pattern_table()
+    check.add_argument(
+        "pattern", nargs="?", choices=PATTERNS, metavar="PATTERN", help="a named pattern (below)"
+    )
     check.add_argument("--masks", type=Path, metavar="FILE.npz", help="check masks from a file")
-    check.add_argument("--n", type=int, help="sequence length (named patterns)")
-    check.add_argument("--stride", type=int, help="stride l (default ⌊√n⌋)")
-    check.add_argument("--summary", type=int, help="summary columns c of the fixed pattern")
-    check.add_argument("--window", type=int, help="window of the local pattern")
-    check.add_argument("--hub", type=int, help="hub position of the star pattern")
+    check.add_argument(
+        "--n", type=int, help="sequence length (named patterns; document: the sum of --lengths)"
+    )
+    for option, users in PATTERN_OPTIONS.items():
+        kind = next(fg.LIBRARY[u].param(option).kind for u in users)
+        check.add_argument(
+            _flag(option),
+            dest=RENAMED.get(option, option),
+            type=_int_list if kind == "ints" else int,
+            metavar="A,B,..." if kind == "ints" else option.split("_")[-1][0].upper(),
+            help=f"{fg.LIBRARY[users[0]].param(option).help} ({', '.join(users)})",
+        )
     direction = check.add_mutually_exclusive_group()
     direction.add_argument(
         "--causal",
         dest="causal",
         action="store_true",
         default=None,
-        help="keys k ≤ q only (default for dense, local, strided, fixed)",
+        help="keys k ≤ q only (the default where a pattern has both directions, except "
+        "longformer and bigbird)",
     )
     direction.add_argument(
         "--bidirectional",
         dest="causal",
         action="store_false",
-        help="every key (ltr, rtl and star are always bidirectional)",
+        help=f"every key ({', '.join(BIDIRECTIONAL_ONLY)} are always bidirectional; "
+        f"{', '.join(CAUSAL_ONLY)} always causal)",
     )
     check.add_argument("--layers", type=int, help="stack the pattern over K layers")
     check.add_argument("--mode", choices=("interleave", "merged", "heads"), help="stack mode")
     check.add_argument("--heads", type=int, help="heads per layer (with --mode heads)")
     check.add_argument("--flow", action="store_true", help="also compute the flow constraint")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_mask_mod_arguments(check)
     check.add_argument(
         "--quiet", action="store_true", help="no progress bar (shown on stderr past 2 s)"
     )
@@ -109,7 +142,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--n-ctx", type=int, help="context length of the chars task (64)")
     train.add_argument("--attention", choices=("sdpa", "quadratic", "metric"), default="sdpa")
     train.add_argument("--metric", choices=("symmetric", "psd"), default="symmetric")
-    train.add_argument("--pattern", choices=PATTERNS, help="restrict attention to a pattern")
+    train.add_argument("--pattern", choices=TRAIN_PATTERNS, help="restrict attention to a pattern")
     train.add_argument("--mode", choices=("interleave", "merged", "heads"), default="interleave")
     train.add_argument("--stride", type=int, help="stride of the pattern (default ⌊√n_ctx⌋)")
     train.add_argument("--bidirectional", action="store_true", help="an encoder (not causal)")
@@ -226,34 +259,74 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flag(option: str) -> str:
+    """The ``flowgraph check`` option of a pattern parameter (``top_k`` → ``--top-k``)."""
+    return "--" + RENAMED.get(option, option).replace("_", "-")
+
+
+def _option(args: argparse.Namespace, param: str) -> object:
+    return getattr(args, RENAMED.get(param, param))
+
+
+def _int_list(text: str) -> list[int]:
+    """``"100,200, 50"`` → [100, 200, 50] (``--lengths``); argparse reports anything else."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 512,1024,256, got {text!r}"
+        ) from None
+    return values
+
+
+def pattern_table() -> str:
+    """The named patterns with their options, defaults and directions (``check --help``)."""
+    lines = ["named patterns (the first direction is the default; option=default given n):"]
+    for name, spec in fg.LIBRARY.items():
+        options = " ".join(
+            f"{_flag(p.name)}" + ("" if p.required else f"={p.default_text}") for p in spec.params
+        )
+        direction = "causal|bidirectional" if spec.choice else f"{spec.directions[0]} only"
+        if spec.choice and spec.directions[0] == "bidirectional":
+            direction = "bidirectional|causal"
+        lines.append(f"  {name:<15} {direction:<21} {options}".rstrip())
+    lines.append("a default larger than n allows is lowered to the largest allowed value")
+    return "\n".join(lines)
+
+
 def _named_pattern(args: argparse.Namespace) -> fg.Pattern:
+    """The pattern ``flowgraph check NAME`` names, built through flowgraph.library.LIBRARY: an
+    option the pattern does not take, a missing required one or a direction it lacks is an
+    error, never ignored."""
     name = args.pattern
-    if args.n is None:
+    spec = fg.LIBRARY[name]
+    if args.n is None and spec.n_from is None:
         raise UsageError(f"--n is required with a named pattern ({name})")
-    allowed = {
-        "dense": set(),
-        "local": {"window"},
-        "strided": {"stride"},
-        "fixed": {"stride", "summary"},
-        "ltr": {"stride"},
-        "rtl": {"stride"},
-        "star": {"hub"},
-    }[name]
-    for option in ("stride", "summary", "window", "hub"):
-        if getattr(args, option) is not None and option not in allowed:
-            raise UsageError(f"--{option} does not apply to the {name} pattern")
-    if name in BIDIRECTIONAL_ONLY:
-        if args.causal:
-            raise UsageError(f"{name} is bidirectional by definition; drop --causal")
-        kwargs = {k: getattr(args, k) for k in allowed if getattr(args, k) is not None}
-        return getattr(fg, name)(args.n, **kwargs)
-    causal = True if args.causal is None else args.causal
-    if name == "local":
-        if args.window is None:
-            raise UsageError("--window is required with the local pattern")
-        return fg.local(args.n, args.window, causal=causal)
-    kwargs = {k: getattr(args, k) for k in allowed if getattr(args, k) is not None}
-    return getattr(fg, name)(args.n, causal=causal, **kwargs)
+    for option in PATTERN_OPTIONS:
+        if _option(args, option) is not None and option not in spec.names:
+            raise UsageError(f"{_flag(option)} does not apply to the {name} pattern")
+    for param in spec.params:
+        if param.required and _option(args, param.name) is None:
+            raise UsageError(f"{_flag(param.name)} is required with the {name} pattern")
+    if not spec.choice and args.causal is not None:
+        only = spec.directions[0]
+        if args.causal != (only == "causal"):
+            drop = "--causal" if args.causal else "--bidirectional"
+            raise UsageError(f"{name} is {only} by definition; drop {drop}")
+    values = {option: _option(args, option) for option in spec.names}
+    return spec.build(args.n, values, args.causal if spec.choice else None)
+
+
+def _run_check_command(args: argparse.Namespace) -> int:
+    """``flowgraph check``: refuses the library's options with ``--masks`` (the file gives the
+    pattern), then runs the check."""
+    if args.masks is not None:
+        for option in PATTERN_OPTIONS:
+            if option not in MASKS_CHECKED and _option(args, option) is not None:
+                raise UsageError(
+                    f"{_flag(option)} does not apply to --masks (the file gives the pattern)"
+                )
+    return _run_check(args)
 
 
 def _natural_key(name: str) -> list[object]:
@@ -276,10 +349,31 @@ def load_masks(path: Path, causal: bool) -> fg.Pattern:
     return fg.from_masks(masks, causal=causal, name=path.stem)
 
 
+def _mask_mod_check(args: argparse.Namespace) -> fg.Pattern:
+    """The pattern of ``--mask-mod``: the library's options do not apply to it."""
+    if args.pattern is not None or args.masks is not None:
+        raise UsageError(
+            "give either a PATTERN name, --masks FILE.npz or --mask-mod FILE.py:NAME (one of them)"
+        )
+    for option in PATTERN_OPTIONS:
+        if option != "n" and getattr(args, RENAMED.get(option, option), None) is not None:
+            raise UsageError(f"{_flag(option)} does not apply to --mask-mod (it gives the mask)")
+    try:
+        return mask_mod_pattern(args)
+    except MaskModUsageError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _run_check(args: argparse.Namespace) -> int:
-    if (args.pattern is None) == (args.masks is None):
+    if args.mask_mod is None:
+        for option in ("kv_len", "key_span", "batch"):
+            if getattr(args, option) is not None:
+                raise UsageError(f"--{option.replace('_', '-')} needs --mask-mod FILE.py:NAME")
+    if args.mask_mod is not None:
+        pattern = _mask_mod_check(args)
+    elif (args.pattern is None) == (args.masks is None):
         raise UsageError("give either a PATTERN name or --masks FILE.npz (one of them)")
-    if args.masks is not None:
+    elif args.masks is not None:
         if args.causal is None:
             raise UsageError("--masks needs --causal or --bidirectional")
         for option in ("n", "stride", "summary", "window", "hub"):
@@ -288,7 +382,9 @@ def _run_check(args: argparse.Namespace) -> int:
         pattern = load_masks(args.masks, args.causal)
     else:
         pattern = _named_pattern(args)
-    if args.layers is not None:
+    if args.mask_mod is not None:
+        pass  # --heads and --layers were read with the mask_mod
+    elif args.layers is not None:
         pattern = fg.stack(pattern, args.layers, args.mode or "interleave", heads=args.heads)
     elif args.mode is not None or args.heads is not None:
         raise UsageError("--mode and --heads need --layers K")

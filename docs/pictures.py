@@ -48,6 +48,31 @@ def block_local_global(n: int = N, block: int = 8) -> fg.Pattern:
     return fg.from_block_layout(layout, block, causal=True, name="block-local+global")
 
 
+# The library section of docs/patterns.md: each pattern at n = 64 as its section builds it.
+LIBRARY = [
+    fg.sliding_window(N, window=8),
+    fg.dilated_window(N, window=4, dilation=3),
+    fg.sinks_window(N, window=8, sinks=4),
+    fg.longformer(N, window=4, global_tokens=2),
+    fg.bigbird(N, block=4, random_blocks=2, seed=0),
+    fg.document([20, 12, 32]),
+    fg.prefix_lm(N, prefix=16),
+    fg.block_causal(N, block=16),
+    fg.moba(N, block=8, top_k=3, seed=0),
+    fg.nsa(N, cmp_block=8, cmp_stride=4, sel_block=16, sel_blocks=2, window=8, seed=0),
+]
+
+
+def compressed_then_window(n: int = SMALL) -> fg.Pattern:
+    """The compressed-keys example of docs/concepts.md: keys of four tokens, each attended once
+    its block is complete, then a causal window of two."""
+    spans = fg.KeySpans.blocks(n, size=4)
+    q = np.arange(n)
+    cmp = fg.StepRule(n, 0, (q + 1) // 4, 1, keys=spans.m)
+    window = fg.local(n, 2).rules[0]
+    return fg.Pattern.from_rules("cmp+window", n, True, [cmp, window], key_spans=[spans, None])
+
+
 def _flow(*patterns: fg.Pattern) -> go.Figure:
     return plot.make_flow_figure([fg.check(p, flow=True) for p in patterns])
 
@@ -72,6 +97,10 @@ PICTURES: dict[str, tuple[Callable[[], go.Figure], dict]] = {
         lambda: plot.make_flow_graph_figure(
             fg.fixed(SMALL, stride=4), fg.check(fg.fixed(SMALL, stride=4))
         ),
+        {},
+    ),
+    "flow_graph_compressed.png": (
+        lambda: plot.make_flow_graph_figure(compressed_then_window(), key=0),
         {},
     ),
     "flow_graph_ltr.png": (
@@ -103,6 +132,7 @@ PICTURES: dict[str, tuple[Callable[[], go.Figure], dict]] = {
     "mask_star.png": (lambda: plot.make_mask_figure(fg.star(N)), {}),
     "mask_from_masks.png": (lambda: plot.make_mask_figure(window_without_self()), {}),
     "mask_from_block_layout.png": (lambda: plot.make_mask_figure(block_local_global()), {}),
+    **{f"mask_{p.name}.png": (lambda p=p: plot.make_mask_figure(p), {}) for p in LIBRARY},
 }
 PICTURES.update(heads_pictures.PICTURES)
 

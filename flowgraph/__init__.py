@@ -13,11 +13,26 @@ from flowgraph.check import Report, check
 from flowgraph.flex import from_block_mask, from_mask_mod
 from flowgraph.flow import Flow
 from flowgraph.graph import flow_graph
+from flowgraph.grid import grid, grid_ltr, grid_order, grid_rtl
 from flowgraph.keys import KeySpans
+from flowgraph.library import (
+    LIBRARY,
+    bigbird,
+    block_causal,
+    dilated_window,
+    document,
+    longformer,
+    moba,
+    nsa,
+    prefix_lm,
+    sinks_window,
+    sliding_window,
+)
 from flowgraph.pattern import Pattern
 from flowgraph.patterns import (
     dense,
     fixed,
+    fixed_heads,
     from_block_layout,
     from_masks,
     local,
@@ -31,23 +46,39 @@ from flowgraph.rule import StepRule
 from flowgraph.stack import stack
 
 __all__ = [
+    "LIBRARY",
     "Flow",
     "KeySpans",
     "Pattern",
     "Report",
     "StepRule",
+    "bigbird",
+    "block_causal",
     "check",
     "dense",
+    "dilated_window",
+    "document",
     "fixed",
+    "fixed_heads",
     "flow_graph",
     "from_block_layout",
     "from_block_mask",
     "from_mask_mod",
     "from_masks",
+    "grid",
+    "grid_ltr",
+    "grid_order",
+    "grid_rtl",
     "local",
+    "longformer",
     "ltr",
+    "moba",
+    "nsa",
+    "prefix_lm",
     "reachability",
     "rtl",
+    "sinks_window",
+    "sliding_window",
     "stack",
     "star",
     "strided",

@@ -208,7 +208,11 @@ def check(
         engine == "intervals"
         or (
             engine == "auto"
-            and (all(r.disjoint for r in rules) or reach_bytes(pattern.n) > max_bytes)
+            and (
+                all(r.disjoint for r in rules)
+                or reach_bytes(pattern.n) + _csr_bytes(rules) > max_bytes
+                or _csr_bytes(rules) > pattern.max_bytes
+            )
         )
     )
     if not isinstance(progress, bool) and not callable(progress):
@@ -252,6 +256,14 @@ def check(
         else fixed_reach.missing_pairs == 0,
         missing_pairs_without_leaks=None if fixed_reach is None else fixed_reach.missing_pairs,
     )
+
+
+def _csr_bytes(rules: tuple) -> int:
+    """What the bitsets engine's CSR steps would take (one per distinct rule, an upper bound)."""
+    from flowgraph.pattern import STEP_BYTES_PER_ENTRY
+
+    distinct = {id(r): r for r in rules}
+    return STEP_BYTES_PER_ENTRY * sum(r.entries_bound() for r in distinct.values())
 
 
 def _reach(

@@ -278,6 +278,11 @@ class Pattern:
         return tuple(self._step(i) for i in range(self.num_steps))
 
     @property
+    def max_bytes(self) -> int:
+        """The memory its CSR steps may take when they are built (the constructor's max_bytes)."""
+        return self._max_bytes
+
+    @property
     def rules(self) -> tuple[StepRule, ...] | None:
         """The steps as rules (library constructors), or None for a pattern given by masks."""
         return self._rules

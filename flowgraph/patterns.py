@@ -1,6 +1,6 @@
 """Pattern constructors: dense, local, the OpenAI strided and fixed patterns (Child et al. 2019),
 the bidirectional LTR/RTL full-information patterns (Daras et al. 2020), a star, and patterns from
-user masks or DeepSpeed-style block layouts.
+user masks or DeepSpeed-style block layouts; OpenAI's multi-head fixed layout (``fixed_heads``).
 
 Every constructor builds its CSR steps with vectorised index arithmetic (no n×n temporaries), so
 n = 65536 patterns take well under a second. Published definitions are implemented as written,
@@ -28,6 +28,7 @@ BUILD_BYTES_PER_ENTRY = 32
 __all__ = [
     "dense",
     "fixed",
+    "fixed_heads",
     "from_block_layout",
     "from_masks",
     "local",
@@ -246,6 +247,63 @@ def fixed(
     )  # fmt: skip
 
 
+def fixed_heads(
+    n: int,
+    stride: int | None = None,
+    summary: int = 1,
+    heads: int = 4,
+    causal: bool = True,
+    *,
+    max_bytes: int = MEMORY_LIMIT_BYTES,
+) -> Pattern:
+    """OpenAI's fixed pattern as its block-sparse code builds it: one mask per head, l = stride,
+    c = summary (``get_blocksparse_obj(attn_mode="fixed")`` in openai/sparse_attention, with
+    ``num_verts = heads``, c = ``vertsize`` · blocksize and l = ``local_attn_ctx``).
+
+    Head h attends its own block, ⌊k/l⌋ = ⌊q/l⌋, and the summary positions
+    l − (h+1)·c ≤ k mod l < l − h·c (head 0 the last c of every block, as :func:`fixed`; later
+    heads earlier sub-blocks); k ≤ q when causal. Head 0 is ``fixed(n, l, c)`` merged into one
+    step. Needs heads · c ≤ l. The steps are the heads (``params["steps_are"] == "heads"``): check
+    L layers of it with ``fg.stack(p, layers=L, mode="heads")`` — upstream's n_heads a multiple of
+    num_verts is ``heads=`` there, head h using step h mod num_verts.
+    """
+    n = _validate.positive_int("n", n)
+    l = _validate.stride_for(n, stride)  # noqa: E741
+    c = _validate.int_in_range("summary", summary, 1, l, f"1 ≤ summary ≤ stride, stride={l}")
+    heads = _validate.int_in_range(
+        "heads", heads, 1, l // c, f"heads · summary ≤ stride, stride={l}, summary={c}"
+    )
+    causal = _validate.flag("causal", causal)
+    what = f"fixed_heads(n={n}, stride={l}, summary={c}, heads={heads})"
+    terms_per_head = 1 + c * (1 if causal else 2)
+    max_bytes = _rules_fit(what, n, heads * terms_per_head, max_bytes)
+    q = np.arange(n, dtype=np.int64)
+    blk = q // l
+    lo = blk * l
+    hi = q if causal else np.minimum(n - 1, lo + l - 1)
+    rules = []
+    for h in range(heads):
+        # the own block is the interval; a summary residue adds its keys in the other blocks
+        # (earlier ones, and later ones when bidirectional), so the terms stay disjoint
+        starts: list[Any] = [lo]
+        counts: list[Any] = [hi - lo + 1]
+        strides = [1]
+        for r in range(l - (h + 1) * c, l - h * c):
+            starts.append(np.int64(r))
+            counts.append(blk)  # r < l: the residue has a key in every earlier block
+            strides.append(l)
+            if not causal:
+                after = r + (blk + 1) * l
+                starts.append(np.where(after <= n - 1, after, 0))
+                counts.append(np.where(after <= n - 1, (n - 1 - after) // l + 1, 0))
+                strides.append(l)
+        rules.append(StepRule(n, starts, counts, strides))
+    params = {"stride": l, "summary": c, "heads": heads, "steps_are": "heads"}
+    return Pattern.from_rules(
+        "fixed_heads", n, causal, rules, params, max_bytes=max_bytes, what=what
+    )
+
+
 def ltr(n: int, stride: int | None = None, *, max_bytes: int = MEMORY_LIMIT_BYTES) -> Pattern:
     """Daras et al.'s left-to-right full-information pattern (bidirectional), l = stride.
 
@@ -366,6 +424,9 @@ def from_masks(
     return Pattern(name, shapes[0][0], causal, steps)
 
 
+_LAYOUT_MODES = ("heads", "steps")  # from_block_layout: what a layout's slices are
+
+
 def from_block_layout(
     layout: Any,
     block: int,
@@ -373,13 +434,34 @@ def from_block_layout(
     name: str = "block",
     n: int | None = None,
     *,
+    mode: str | None = None,
+    causal_diagonal: bool | None = None,
     max_bytes: int = MEMORY_LIMIT_BYTES,
 ) -> Pattern:
-    """A pattern from a DeepSpeed-style block layout: (steps, nb, nb) or (nb, nb) bool.
+    """A pattern from a DeepSpeed-style block layout: (slices, nb, nb) or (nb, nb) bool.
 
     Block (i, j) on means every query of block i attends every key of block j. ``n`` defaults to
-    nb·block and may be smaller (the last block is then partial). When causal, diagonal blocks are
-    cut to k ≤ q; blocks above the diagonal are kept as given, so ``check`` reports them.
+    nb·block and may be smaller (the last block is then partial).
+
+    Parameters
+    ----------
+    layout : (nb, nb), or (slices, nb, nb) with ``mode`` saying what the slices are.
+    mode : ``"heads"`` — the slices are the heads of one layer (DeepSpeed's and OpenAI's
+        ``(num_heads, nb, nb)`` layouts): information moves through their union, so the pattern
+        has one step, the union, and ``params["heads"]`` says how many were joined; check it as
+        one layer with ``fg.check(p)``, or as L layers with ``fg.stack(p, layers=L)``.
+        ``"steps"`` — the slices are sequential steps, one pattern step each. A layout with more
+        than one slice must name its mode (ValueError otherwise); a 2-D one needs none.
+    causal_diagonal : True cuts the diagonal blocks to k ≤ q — what DeepSpeed computes when a
+        causal ``attn_mask`` is passed, and OpenAI's block-sparse callback; False keeps them
+        whole, which is what a DeepSpeed layout alone means. Default: ``causal``. Blocks above the
+        diagonal are kept either way, so ``check`` reports them (with the verdict without them).
+
+    Raises
+    ------
+    TypeError : a layout that is not boolean.
+    ValueError : a bad shape, a missing or unknown ``mode``, ``causal_diagonal=True`` on a
+        bidirectional pattern, an ``n`` outside the last block, or more than ``max_bytes``.
     """
     layout_snn = layout.toarray() if sp.issparse(layout) else np.asarray(layout)  # nb × nb: small
     if layout_snn.dtype != np.bool_:
@@ -388,15 +470,30 @@ def from_block_layout(
         layout_snn = layout_snn[None]
     if layout_snn.ndim != 3 or layout_snn.shape[1] != layout_snn.shape[2]:
         raise ValueError(
-            f"layout must be (steps, nb, nb) or (nb, nb), got shape {np.shape(layout)}"
+            f"layout must be (slices, nb, nb) or (nb, nb), got shape {np.shape(layout)}"
         )
     block = _validate.positive_int("block", block)
     causal = _validate.flag("causal", causal)
+    cut = causal if causal_diagonal is None else _validate.flag("causal_diagonal", causal_diagonal)
+    if cut and not causal:
+        raise ValueError(
+            "causal_diagonal=True cuts the diagonal blocks to k ≤ q, which needs causal=True; "
+            "got causal=False (pass causal_diagonal=False or leave it out)"
+        )
+    if mode is not None and mode not in _LAYOUT_MODES:
+        raise ValueError(f"mode must be 'heads', 'steps' or None, got mode={mode!r}")
     nb = layout_snn.shape[1]
     if nb == 0:
         raise ValueError("layout must have nb ≥ 1 blocks, got nb=0")
-    if layout_snn.shape[0] == 0:
+    slices = layout_snn.shape[0]
+    if slices == 0:
         raise ValueError(f"layout must hold at least one step, got shape {np.shape(layout)}")
+    if slices > 1 and mode is None:
+        raise ValueError(
+            f"layout has {slices} slices (shape {np.shape(layout)}): choose what they are — "
+            "mode='heads' for the heads of one layer (DeepSpeed's (num_heads, nb, nb) layouts; "
+            "information moves through their union) or mode='steps' for sequential steps"
+        )
     full = nb * block
     n = (
         full
@@ -405,6 +502,12 @@ def from_block_layout(
             "n", n, full - block + 1, full, f"the layout covers {nb} blocks of {block}"
         )
     )
+    params: dict[str, Any] = {"block": block, "causal_diagonal": cut}
+    if mode is not None:
+        params["mode"] = mode
+    if mode == "heads":
+        params["heads"] = slices
+        layout_snn = layout_snn.any(axis=0, keepdims=True)  # a block any head attends
     # every on block becomes block² entries before the cut to n and to k ≤ q
     entries = int(np.count_nonzero(layout_snn)) * block * block
     _check_build(f"from_block_layout(nb={nb}, block={block})", full, entries, max_bytes)
@@ -412,7 +515,7 @@ def from_block_layout(
     for layout_nn in layout_snn:
         m = sp.kron(sp.csr_array(layout_nn), sp.csr_array(np.ones((block, block), np.bool_)))
         m = sp.csr_array(m, dtype=np.bool_)[:n, :n]
-        if causal:
+        if cut:
             rows, cols = m.nonzero()
             same_block = rows // block == cols // block
             keep = ~same_block | (cols <= rows)
@@ -420,4 +523,4 @@ def from_block_layout(
                 (np.ones(int(keep.sum()), np.bool_), (rows[keep], cols[keep])), shape=(n, n)
             )
         steps.append(m)
-    return Pattern(name, n, causal, steps, {"block": block})
+    return Pattern(name, n, causal, steps, params)

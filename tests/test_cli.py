@@ -200,3 +200,106 @@ def test_console_script_runs(tmp_path: Path):
     )
     assert done.returncode == 1, done.stderr
     assert json.loads(done.stdout)["witness"] == [0, 0]
+
+
+# --- the pattern library ---------------------------------------------------------------------
+LIBRARY_ARGV = [
+    (["sliding_window", "--n", "40", "--window", "5"], fg.sliding_window(40, 5)),
+    (
+        ["dilated_window", "--n", "40", "--window", "3", "--dilation", "4", "--bidirectional"],
+        fg.dilated_window(40, 3, 4, causal=False),
+    ),
+    (["sinks_window", "--n", "40", "--window", "5", "--sinks", "2"], fg.sinks_window(40, 5, 2)),
+    (["longformer", "--n", "40", "--window", "3", "--global-tokens", "2"], fg.longformer(40, 3, 2)),
+    (
+        ["bigbird", "--n", "40", "--block", "4", "--random-blocks", "1", "--seed", "3", "--causal"],
+        fg.bigbird(40, 4, random_blocks=1, seed=3, causal=True),
+    ),
+    (["document", "--lengths", "10,20,10"], fg.document([10, 20, 10])),
+    (
+        ["document", "--lengths", "10,30", "--n", "40", "--window", "4", "--bidirectional"],
+        fg.document([10, 30], causal=False, window=4),
+    ),
+    (["prefix_lm", "--n", "40", "--prefix", "9"], fg.prefix_lm(40, 9)),
+    (["fixed_heads", "--n", "64", "--pattern-heads", "2"], fg.fixed_heads(64, heads=2)),
+    (["block_causal", "--n", "40", "--block", "8"], fg.block_causal(40, 8)),
+    (["moba", "--n", "40", "--block", "8", "--top-k", "2", "--seed", "1"], fg.moba(40, 8, 2, 1)),
+    (
+        "nsa --n 64 --cmp-block 8 --cmp-stride 4 --sel-block 16 --sel-blocks 2 --window 8 "
+        "--seed 0".split(),
+        fg.nsa(64, 8, 4, 16, 2, 8, seed=0),
+    ),
+]
+
+
+@pytest.mark.parametrize(("argv", "pattern"), LIBRARY_ARGV, ids=[a[0] for a, _ in LIBRARY_ARGV])
+def test_library_patterns_are_checked_as_the_api_checks_them(capsys, argv, pattern):
+    code, out, _ = run(capsys, "check", *argv, "--json")
+    got = json.loads(out)
+    expected = fg.check(pattern).to_dict()
+    assert got.pop("params") == json.loads(json.dumps(pattern.params))
+    assert got == json.loads(json.dumps(expected))
+    assert code == (0 if expected["full_information"] else 1)
+
+
+def test_library_defaults_come_from_the_registry(capsys):
+    code, out, _ = run(capsys, "check", "bigbird", "--n", "4096", "--json")
+    assert json.loads(out)["params"] == fg.LIBRARY["bigbird"].build(4096).params
+    assert json.loads(out)["params"]["block"] == 64 and code == 1
+    _, out, _ = run(capsys, "check", "nsa", "--n", "100", "--json")
+    params = json.loads(out)["params"]
+    assert (params["window"], params["sel_blocks"]) == (100, 2)  # defaults lowered to what n allows
+
+
+def test_help_lists_every_named_pattern(capsys):
+    with pytest.raises(SystemExit):
+        main(["check", "--help"])
+    out = capsys.readouterr().out
+    for name in fg.LIBRARY:
+        assert f"\n  {name} " in out
+    assert "--top-k=3" in out and "--lengths A,B,..." in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["sinks_window", "--n", "8", "--stride", "2"], "--stride does not apply to the sinks_"),
+        (["sliding_window", "--n", "8", "--sinks", "2"], "--sinks does not apply"),
+        (["moba", "--n", "8", "--bidirectional"], "moba is causal by definition; drop --bidi"),
+        (["prefix_lm", "--n", "8", "--causal"], "prefix_lm is bidirectional by definition"),
+        (["document"], "--lengths is required with the document pattern"),
+        (["document", "--lengths", "3,4", "--n", "8"], "n=8 but the lengths of document sum to 7"),
+        (["document", "--lengths", "3,0"], "lengths[1] must be ≥ 1"),
+        (["sliding_window", "--window", "3"], "--n is required"),
+        (["sinks_window", "--n", "8", "--sinks", "9"], "sinks must be in 0..8"),
+        (["bigbird", "--n", "64", "--block", "8", "--window-blocks", "4"], "must be odd"),
+        (["moba", "--n", "64", "--block", "8", "--top-k", "9"], "top_k must be in 1..8"),
+        (["nsa", "--n", "64", "--cmp-block", "8", "--cmp-stride", "9"], "cmp_stride must be in"),
+        (["fixed", "--n", "64", "--pattern-heads", "2"], "--pattern-heads does not apply to the"),
+    ],
+)
+def test_bad_library_arguments_exit_2_with_a_message(capsys, argv, message):
+    code, out, err = run(capsys, "check", *argv)
+    assert code == 2 and out == ""
+    assert message in err
+
+
+def test_library_options_do_not_apply_to_masks(tmp_path, capsys):
+    path = tmp_path / "m.npz"
+    np.savez(path, masks=np.eye(4, dtype=bool))
+    code, _, err = run(capsys, "check", "--masks", str(path), "--causal", "--sinks", "2")
+    assert code == 2 and "--sinks does not apply to --masks" in err
+
+
+def test_malformed_lengths_are_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["check", "document", "--lengths", "3,x"])
+    assert exc.value.code == 2
+    assert "comma-separated integers" in capsys.readouterr().err
+
+
+def test_train_still_offers_the_patterns_models_build():
+    from flowgraph.app.cli import TRAIN_PATTERNS
+    from flowgraph.models.gpt import PATTERNS as GPT_PATTERNS
+
+    assert TRAIN_PATTERNS == GPT_PATTERNS

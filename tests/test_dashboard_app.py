@@ -219,6 +219,7 @@ def test_a_bad_input_empties_the_heads_and_embeddings_results(tmp_path_factory):
             ("positions", []),
             ("pattern", "fixed"),
             ("mode", "merged"),
+            ("offset", 0),
         )
     }
     top = _post(app, client, "heads-symmetry.children", heads, "heads-text.value")

@@ -278,17 +278,20 @@ def test_guard_turns_errors_into_messages_without_tracebacks():
 @pytest.mark.parametrize(
     ("name", "layers", "idle"),
     [
-        ("fixed", None, {"mode"}),
-        ("fixed", 3, set()),
-        ("dense", None, {"stride", "summary", "mode"}),
-        ("local", 2, {"summary"}),
-        ("star", "", {"summary", "mode"}),
-        ("upload", 4, {"n", "stride", "summary"}),
+        ("fixed", None, {"params", "mode"}),
+        ("fixed", 3, {"params"}),
+        ("dense", None, {"stride", "summary", "params", "mode"}),
+        ("local", 2, {"summary", "params"}),
+        ("star", "", {"summary", "params", "mode"}),
+        ("upload", 4, {"n", "stride", "summary", "params"}),
+        ("sinks_window", None, {"stride", "summary", "mode"}),
+        ("bigbird", 2, {"stride", "summary"}),
+        ("document", 2, {"n", "stride", "summary"}),
     ],
 )
 def test_controls_that_change_nothing_are_disabled(name, layers, idle):
-    # a box the pattern ignores (the summary of dense, the mode without layers) would look as if
-    # it changed the figures
+    # a box the pattern ignores (the summary of dense, the mode without layers, the parameters
+    # of a classic pattern, the stride of a library one) would look as if it changed the figures
     assert page.idle_controls(name, layers) == idle
 
 
@@ -326,3 +329,261 @@ def test_the_report_is_what_flowgraph_check_prints(controls, argv, capsys):
     main(["check", *argv, "--flow"])
     assert out["report"].summary() == capsys.readouterr().out.strip()
     assert out["rows"][-1][0] == "flow per query" and "of the targets" in out["rows"][-1][1]
+
+
+# --- the library patterns: the parameter box ---------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "n", "params", "causal", "expected"),
+    [
+        ("sliding_window", 64, "window=5", True, fg.sliding_window(64, 5)),
+        ("sliding_window", 64, "", False, fg.sliding_window(64, 8, causal=False)),
+        ("dilated_window", 40, "window=3 dilation=4", True, fg.dilated_window(40, 3, 4)),
+        ("sinks_window", 64, "window=6; sinks=2", False, fg.sinks_window(64, 6, 2)),
+        ("longformer", 50, "window=3, global_tokens=2", False, fg.longformer(50, 3, 2)),
+        ("longformer", 50, "", True, fg.longformer(50, 7, 1, causal=True)),
+        ("bigbird", 64, "block=8,random_blocks=1,seed=4", False, fg.bigbird(64, 8, 3, 2, 1, 4)),
+        ("document", None, "lengths=[10, 20, 34]", True, fg.document([10, 20, 34])),
+        ("document", 7, "lengths=[3,4] window=2", False, fg.document([3, 4], False, 2)),
+        ("prefix_lm", 30, "prefix=4", True, fg.prefix_lm(30, 4)),
+        ("block_causal", 30, "", True, fg.block_causal(30, 5)),
+        ("moba", 64, "block=8, top_k=2, seed=none", True, fg.moba(64, 8, 2)),
+        ("moba", 64, "block=8, top_k=2, seed=3", True, fg.moba(64, 8, 2, seed=3)),
+        ("nsa", 256, "", True, fg.nsa(256, 32, 16, 64, 4, 256)),
+    ],
+)
+def test_the_parameter_box_builds_the_library_constructors_pattern(
+    name, n, params, causal, expected
+):
+    """Empty parameters are the registry's defaults at n (⌊√n⌋ windows and blocks, defaults
+    lowered to what n allows); a pattern with one direction ignores the radio."""
+    built = page.build_pattern(name, n, "99", "99", causal, params=params)  # boxes it ignores
+    assert built == expected and built.name == name and built.params == expected.params
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "match"),
+    [
+        ("sinks_window", "stride=4", "sinks_window takes no parameter 'stride'; its parameters: "),
+        ("sinks_window", "window=4 window=5", "window is given twice"),
+        ("sinks_window", "window=four", r"window must be an integer \(1 ≤ window ≤ n\)"),
+        ("sinks_window", "window=0", r"window must be in 1\.\.64"),
+        ("sinks_window", "window 4", "cannot read 'window 4'; write name=value pairs, e.g. "),
+        ("sinks_window", "window=none", "window needs a value"),
+        ("sinks_window", "window=[1,2]", "window must be an integer"),
+        ("moba", "top_k=9, block=8", r"top_k must be in 1\.\.8"),
+        ("bigbird", "block=8, window_blocks=2", "window_blocks must be odd"),
+        ("document", "", r"document needs lengths, e.g. lengths=\[512, 256, 256\]"),
+        ("document", "lengths=100", r"lengths is a list, e.g. lengths=\[512, 256\]"),
+        ("document", "lengths=[1, x]", "lengths must be a list of integers"),
+        ("document", "lengths=[3, 0]", r"lengths\[1\] must be ≥ 1"),
+        ("document", f"lengths=[{limits.MAX_CHECK_N}, 1]", "the dashboard checks n ≤ 1,048,576"),
+        ("sliding_window", 12, "parameters must be text"),
+        ("sliding_window", "x" * (limits.MAX_TEXT_CHARS + 1), "characters; the limit is"),
+    ],
+)
+def test_bad_parameters_raise_a_message_naming_them(name, params, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        page.build_pattern(name, 64, None, None, True, params=params)
+
+
+def test_the_dashboard_refuses_what_would_take_minutes():
+    with pytest.raises(ValueError, match=r"n must be in 2\.\.4096"):
+        page.build_pattern("nsa", 8192, None, None, True, params="")
+    with pytest.raises(ValueError, match="draws its random blocks one block at a time"):
+        page.build_pattern("bigbird", 2**20, None, None, False, params="block=8")
+    with pytest.raises(ValueError, match=r"is 24,576 rows .* n × layers ≤ 16,384"):
+        page.stack_pattern(fg.dilated_window(8192, 8, 2), 3, "interleave")
+    assert page.stack_pattern(fg.dilated_window(4096, 8, 2), 4, "interleave").num_steps == 4
+    # one step at a million tokens is checked from its rules
+    p = page.build_pattern("bigbird", 2**20, None, None, False, params="block=64")
+    assert p.n == 2**20 and p.rules is not None
+
+
+def test_every_placeholder_and_hint_is_the_registry_at_that_n():
+    for name in page.LIBRARY_PATTERNS:
+        example = page.example_params(name)
+        n = 1024 if fg.LIBRARY[name].n_from is None else None
+        assert page.build_pattern(name, n, None, None, True, params=example).name == name
+    assert page.example_params("sinks_window") == "window=32, sinks=4"
+    assert page.params_hint("sinks_window", 64) == "window 1..64 (8); sinks 0..64 (4)"
+    assert page.params_hint("moba", 64).startswith("block 1..64 (8); top_k 1..8 (3); seed ")
+    assert (
+        page.params_hint("sinks_window", "bad")
+        == "window 1 ≤ window ≤ n (⌊√n⌋); sinks 0 ≤ sinks ≤ n (4)"
+    )
+    assert "required" in page.params_hint("document", 64)
+    assert page.params_hint("fixed", 64).startswith("for the library patterns")
+
+
+def test_library_analysis_is_the_check_report():
+    state = _state()
+    args = ("sinks_window", 64, None, None, "bidirectional", None, "interleave", False, None)
+    out = page.analyse(state, *args, "window=6, sinks=2")
+    assert out["pattern"] == fg.sinks_window(64, 6, 2) and out["pattern"].causal  # causal only
+    assert out["report"] == fg.check(fg.sinks_window(64, 6, 2))
+    # the boxes a library pattern ignores are not part of its cache key
+    again = page.analyse(state, "sinks_window", 64, 5, 3, "causal", None, "interleave", False,
+                         None, "window=6, sinks=2")  # fmt: skip
+    assert again is out
+    stacked = page.analyse(state, "longformer", 64, None, None, "causal", 3, "merged", True, None,
+                           "window=4, global_tokens=1")  # fmt: skip
+    assert stacked["report"] == fg.check(
+        fg.stack(fg.longformer(64, 4, 1, causal=True), 3, "merged"), flow=True
+    )
+    small = "cmp_block=8, cmp_stride=4, sel_block=16, sel_blocks=2, window=8"
+    nsa = page.analyse(
+        state, "nsa", 64, None, None, "causal", None, "interleave", True, None, small
+    )
+    assert nsa["report"].flow is None and nsa["pattern"].compressed
+    assert dict(nsa["rows"])["flow per query"].startswith("not defined: a step attends compressed")
+    doc = page.analyse(state, "document", 999, None, None, "causal", None, "interleave", False,
+                       None, "lengths=[10, 6]")  # fmt: skip
+    assert doc["pattern"] == fg.document([10, 6])  # the n box is off: n is the lengths' sum
+
+
+def test_locked_directions_of_the_library_come_back_after_the_lock():
+    value, options, before, note = page.direction_for("moba", "bidirectional", None)
+    assert value == "causal" and before == "bidirectional"
+    assert next(o for o in options if o["value"] == "bidirectional")["disabled"]
+    assert note == "moba is causal only: direction set to causal"
+    assert page.direction_for("bigbird", value, before)[0] == "bidirectional"
+    value, _, before, note = page.direction_for("prefix_lm", "causal", None)
+    assert (value, before, note) == (
+        "bidirectional",
+        "causal",
+        "prefix_lm is bidirectional only: direction set to bidirectional",
+    )
+
+
+@pytest.mark.parametrize(
+    ("controls", "params", "argv"),
+    [
+        (("sliding_window", 48, None, None, "causal", None, "interleave"), "window=5",
+         ["sliding_window", "--n", "48", "--window", "5"]),
+        (("bigbird", 64, None, None, "causal", 2, "interleave"), "block=8, seed=2",
+         ["bigbird", "--n", "64", "--block", "8", "--seed", "2", "--causal", "--layers", "2"]),
+        (("document", None, None, None, "bidirectional", None, "interleave"), "lengths=[5, 9]",
+         ["document", "--lengths", "5,9", "--bidirectional"]),
+    ],
+)  # fmt: skip
+def test_library_reports_are_what_flowgraph_check_prints(controls, params, argv, capsys):
+    from flowgraph.app.cli import main
+
+    out = page.analyse(_state(), *controls, True, None, params)
+    main(["check", *argv, "--flow"])
+    assert out["report"].summary() == capsys.readouterr().out.strip()
+
+
+def _post(client, app, key: str, values: dict, changed: str):
+    spec = app.callback_map[key]
+    body = {
+        "output": key,
+        "outputs": [
+            {"id": part.rsplit(".", 1)[0], "property": part.rsplit(".", 1)[1]}
+            for part in key.strip(".").split("...")
+        ],
+        "inputs": [
+            {"id": i["id"], "property": i["property"], "value": values[i["id"]]}
+            for i in spec["inputs"]
+        ],
+        "changedPropIds": [changed],
+        "state": [],
+    }
+    return client.post("/_dash-update-component", json=body)
+
+
+def test_the_library_callbacks_answer_for_the_library_and_the_others_for_the_rest():
+    from flowgraph.app.dashboard import create_app
+
+    app = create_app(None, [], None)
+    client = app.server.test_client()
+    client.get("/")
+    values = {
+        "patterns-name": "sinks_window", "patterns-n": 64, "patterns-stride": None,
+        "patterns-summary": 1, "patterns-direction": "causal", "patterns-layers": None,
+        "patterns-mode": "interleave", "patterns-flow": [], "patterns-upload-key": None,
+        "patterns-params": "window=6, sinks=2",
+    }  # fmt: skip
+    keys = [k for k in app.callback_map if "patterns-verdict.children" in k]
+    library = next(k for k in keys if "@" in k)
+    classic = next(k for k in keys if "@" not in k)
+    response = _post(client, app, library, values, "patterns-params.value")
+    shown = response.get_json()["response"]
+    assert shown["patterns-verdict"]["children"].startswith("sinks_window (n=64, causal, 1 steps)")
+    assert (
+        shown["patterns-summary-text"]["children"] == fg.check(fg.sinks_window(64, 6, 2)).summary()
+    )
+    assert _post(client, app, classic, values, "patterns-n.value").get_json()["response"] == {}
+    values["patterns-params"] = "sinks=99"
+    text = _post(client, app, library, values, "patterns-params.value").data.decode()
+    assert "sinks must be in 0..64" in text and "Traceback" not in text
+    values["patterns-name"] = "fixed"
+    assert _post(client, app, library, values, "patterns-name.value").get_json()["response"] == {}
+    text = _post(client, app, classic, values, "patterns-name.value").data.decode()
+    assert "NOT full information" in text
+
+
+@pytest.mark.browser
+def test_the_parameter_box_in_a_browser(tmp_path):
+    """Chromium against `flowgraph dashboard`: a library pattern answers through its own
+    callbacks (the verdict, the masks, the hint), a bad parameter names itself, and back on a
+    classic pattern the classic callbacks answer again."""
+    from browser import (
+        CHROMIUM_ARGS,
+        STEP_TIMEOUT_MS,
+        OfflineGuard,
+        require_browser,
+        serve_dashboard,
+        wait_for_figure_change,
+    )
+    from playwright.sync_api import sync_playwright
+
+    chromium = require_browser()
+
+    def select(page, value: str) -> None:
+        page.click("#patterns-name")
+        page.locator(f'.dash-dropdown-option:has(input[value="{value}"])').click()
+
+    def type_(page, box: str, text: str) -> None:
+        page.locator(f"#{box}").fill(text)
+        page.locator(f"#{box}").press("Enter")
+
+    def verdict_has(page, text: str) -> None:
+        page.wait_for_function(
+            f"() => document.querySelector('#patterns-verdict').innerText.includes({text!r})"
+        )
+
+    with serve_dashboard(log_path=tmp_path / "dashboard.log") as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        context.set_default_timeout(STEP_TIMEOUT_MS)
+        context.route("**/*", OfflineGuard())
+        page = context.new_page()
+        page.goto(url)
+        before = wait_for_figure_change(page, "patterns-masks", None)
+        assert page.locator("#patterns-params").is_disabled()  # fixed: a classic pattern
+        select(page, "sinks_window")
+        verdict_has(page, "sinks_window (n=64, causal, 1 steps)")
+        wait_for_figure_change(page, "patterns-masks", before)
+        assert page.locator("#patterns-stride").is_disabled()
+        assert page.locator('#patterns-direction input[value="bidirectional"]').is_disabled()
+        assert page.inner_text("#patterns-params-hint") == "window 1..64 (8); sinks 0..64 (4)"
+        type_(page, "patterns-params", "window=6, sinks=2")
+        page.wait_for_function(
+            "() => document.querySelector('#patterns-summary-text').innerText"
+            ".includes('in-degree per step: 1..8')"
+        )
+        assert (
+            page.inner_text("#patterns-summary-text")
+            == fg.check(fg.sinks_window(64, 6, 2)).summary()
+        )
+        type_(page, "patterns-params", "sinks=99")
+        page.wait_for_function(
+            "() => document.querySelector('#patterns-message').innerText"
+            ".includes('sinks must be in 0..64')"
+        )
+        select(page, "strided")
+        verdict_has(page, "strided (n=64, causal, 2 steps): full information")
+        assert page.inner_text("#patterns-message") == ""
+        context.close()
+        browser.close()

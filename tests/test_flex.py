@@ -250,7 +250,20 @@ def library(n: int) -> list[fg.Pattern]:
         fg.dense(n), fg.dense(n, causal=False), fg.local(n, w), fg.strided(n, l),
         fg.strided(n, l, causal=False), fg.fixed(n, l, summary=c), fg.fixed(n, n, summary=n),
         fg.ltr(n, l), fg.rtl(n, l), fg.star(n, hub=n - 1),
-    ] + ([fg.from_mask_mod(nsa_fixed, n, kv_len=-(-n // 64), key_span=64)] if n >= 64 else [])
+    ] + ([fg.from_mask_mod(nsa_fixed, n, kv_len=-(-n // 64), key_span=64)] if n >= 64 else []) + (
+        modern(n) if n >= 64 else []
+    )
+
+
+def modern(n: int) -> list[fg.Pattern]:
+    """The modern library at sizes that fit n ≥ 64."""
+    return [
+        fg.sliding_window(n, 9), fg.dilated_window(n, 4, 3), fg.sinks_window(n, 8, 3),
+        fg.longformer(n, 4, 2), fg.bigbird(n, 8, random_blocks=2, seed=1),
+        fg.document([n // 3, n - n // 3]), fg.prefix_lm(n, 11), fg.block_causal(n, 16),
+        fg.moba(n, 8, 3, seed=0),
+        fg.nsa(n, cmp_block=8, cmp_stride=4, sel_block=16, sel_blocks=2, window=8, seed=0),
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("n", [1, 5, 77, 200])

@@ -319,12 +319,12 @@ def test_bad_layer_types_are_named(tmp_path):
 
 
 def test_an_unsupported_architecture_names_itself_and_the_supported_ones(tmp_path):
-    directory = _save(_model(), tmp_path / "neox", "safetensors")
-    _edit_config(directory, model_type="gpt_neox", architectures=["GPTNeoXForCausalLM"])
+    directory = _save(_model(), tmp_path / "gptj", "safetensors")
+    _edit_config(directory, model_type="gptj", architectures=["GPTJForCausalLM"])
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(directory)
     message = str(info.value)
-    assert "model_type='gpt_neox' (GPTNeoXForCausalLM) is not supported" in message
+    assert "model_type='gptj' (GPTJForCausalLM) is not supported" in message
     for supported in ("bert", "roberta", "xlm-roberta", "gpt2", "llama", "mistral", "qwen2"):
         assert supported in message
 

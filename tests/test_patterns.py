@@ -321,7 +321,7 @@ def test_from_block_layout_small_causal():
         "001110",
         "001111",
     )
-    assert (p.name, p.n, p.params) == ("block", 6, {"block": 2})
+    assert (p.name, p.n, p.params) == ("block", 6, {"block": 2, "causal_diagonal": True})
     assert_masks(p, [expected])
     assert fg.check(p).causality_violations == 4  # the whole above-diagonal block
 
@@ -339,15 +339,57 @@ def test_from_block_layout_small_bidirectional_partial_last_block():
 def test_from_block_layout_definition(block, nb, cut, causal):
     layout = np.random.default_rng(block * 10 + nb).random((3, nb, nb)) < 0.5
     n = nb * block - cut
-    p = fg.from_block_layout(layout, block=block, causal=causal, n=n if cut else None)
+    p = fg.from_block_layout(layout, block=block, causal=causal, n=n if cut else None, mode="steps")
     assert (p.n, p.num_steps, p.causal) == (n, 3, causal)
     assert_masks(p, def_block(layout, block, n, causal))
 
 
 def test_from_block_layout_round_trips_block_layout():
     layout = np.random.default_rng(5).random((2, 4, 4)) < 0.5
-    p = fg.from_block_layout(layout, block=3, causal=False)
+    p = fg.from_block_layout(layout, block=3, causal=False, mode="steps")
     np.testing.assert_array_equal(p.block_layout(3), layout)
+
+
+def test_from_block_layout_needs_a_mode_for_several_slices():
+    layout = np.ones((2, 3, 3), dtype=bool)
+    with pytest.raises(ValueError, match=r"2 slices.*mode='heads'.*mode='steps'"):
+        fg.from_block_layout(layout, block=2, causal=True)
+    with pytest.raises(ValueError, match=r"mode must be 'heads', 'steps' or None, got mode='x'"):
+        fg.from_block_layout(layout, block=2, causal=True, mode="x")
+    # one slice, 2-D or 3-D, needs no mode and means the same
+    assert fg.from_block_layout(layout[:1], 2, True) == fg.from_block_layout(layout[0], 2, True)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("block,nb,cut", [(1, 5, 0), (2, 4, 1), (3, 3, 2)])
+def test_from_block_layout_heads_is_one_step_the_union(block, nb, cut, causal):
+    layout_hqk = np.random.default_rng(block + nb).random((4, nb, nb)) < 0.3
+    n = nb * block - cut
+    p = fg.from_block_layout(layout_hqk, block, causal, n=n, mode="heads")
+    assert (p.num_steps, p.params["heads"], p.params["mode"]) == (1, 4, "heads")
+    union = np.logical_or.reduce(def_block(layout_hqk, block, n, causal))
+    assert_masks(p, [union])
+    # the steps mode keeps the heads apart, and a heads stack of it joins them again
+    steps = fg.from_block_layout(layout_hqk, block, causal, n=n, mode="steps")
+    assert fg.stack(steps, layers=2, mode="heads") == fg.stack(p, layers=2)
+    assert_masks(steps, def_block(layout_hqk, block, n, causal))
+
+
+def test_from_block_layout_causal_diagonal():
+    layout = grid("10", "11")
+    whole = fg.from_block_layout(layout, 2, causal=True, causal_diagonal=False)
+    assert_masks(whole, [grid("1100", "1100", "1111", "1111")])
+    assert fg.check(whole).causality_violations == 2  # the upper halves of the diagonal blocks
+    assert fg.from_block_layout(layout, 2, True, causal_diagonal=True) == fg.from_block_layout(
+        layout, 2, True
+    )
+    assert fg.from_block_layout(layout, 2, False) == fg.from_block_layout(
+        layout, 2, False, causal_diagonal=False
+    )
+    with pytest.raises(ValueError, match=r"causal_diagonal=True .* needs causal=True"):
+        fg.from_block_layout(layout, 2, causal=False, causal_diagonal=True)
+    with pytest.raises(TypeError, match=r"causal_diagonal must be True or False"):
+        fg.from_block_layout(layout, 2, True, causal_diagonal=1)
 
 
 # --- Pattern behaviour ---------------------------------------------------------------------------

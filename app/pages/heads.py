@@ -1,14 +1,19 @@
 """Heads page: pick a checkpoint, a layer and a head, type an input — the head's bilinear form
 (metric tensor for metric heads), its spectrum and symmetry, the token distances it induces,
 its attention on the input; a second checkpoint side by side; the coverage grid of a pattern.
+Rotary checkpoints (Llama, Mistral, Qwen2) add an offset Δ (key − query position) for the form,
+spectrum and token distances, and a panel of the head's rotation planes; with grouped-query
+attention a note names the query heads that share the chosen head's key head.
 
 Numbers come from :mod:`models.heads` (``Checkpoint.qk_form``, ``token_distances``,
-``attention``, ``coverage``), figures from :mod:`models.plots`. Checkpoints open only from the
+``attention``, ``coverage``, ``rotary_planes``, ``kv_group``), figures from :mod:`models.plots`
+(the planes' figure, :func:`make_rotary_figure`, here). Checkpoints open only from the
 dashboard's roots (:meth:`DashboardState.resolve_checkpoint`)."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -17,11 +22,12 @@ from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from flowgraph.app.dashboard import limits
 from flowgraph.app.dashboard.errors import guard, message
-from flowgraph.app.dashboard.figures import NO_RESULT, no_results
+from flowgraph.app.dashboard.figures import NO_RESULT, no_results, placeholder_figure
 from flowgraph.app.dashboard.layout import (
     control,
     graph_section,
     input_kind_control,
+    number_box,
     page,
     path_opener,
     radio,
@@ -40,10 +46,15 @@ DEFAULT_TOKENS = 16  # the example input when none is typed
 # A switch redraws the top half (form, spectrum) and the bottom half (token distances,
 # attention) from two callbacks, so the top is drawn while the bottom is still on its way.
 HALVES = ("form", "tokens")
+# the controls both halves read (the tokens half the positions box too)
+HEAD_CONTROLS = ("ckpt", "ckpt2", "layer", "head", "space", "parts", "text", "input-kind", "offset")
 FIGURES = {"form": ("form", "spectrum"), "tokens": ("distances", "attention")}
 PAGE_WIDTH = 1300  # px: a figure wider than this lies partly outside a laptop's page
 MAX_PREFETCH_HEADS = 64  # a checkpoint's heads computed ahead of a switch (12×12 BERT: not all)
 MAX_OPENED = 32  # checkpoints opened by path kept in the dropdown beside the listing
+OFFSET_CONTROL = "offset Δ"  # the offset box's label, named by its error messages
+PLANES_SPAN = 64  # the planes' trace tr U(Δ) is drawn for Δ in −64..0 (or to the chosen Δ)
+HIDDEN = {"display": "none"}
 
 
 # --- pure helpers -----------------------------------------------------------------------------
@@ -108,6 +119,142 @@ def space_options(attention_kind: str | None) -> list[dict[str, Any]]:
     ]
 
 
+def offset_option(ckpt: Any, value: object) -> int:
+    """The offset box's value as Δ = key position − query position for ``ckpt``: an integer
+    in −(n_ctx − 1)..n_ctx − 1 for a rotary checkpoint (0 when empty); a checkpoint without
+    rotary embeddings has one form for every offset and accepts 0 only (its box is hidden)."""
+    span = max(ckpt.n_ctx - 1, 0)
+    offset = limits.int_option(OFFSET_CONTROL, value, -span, span, default=0)
+    if ckpt.rotary is None and offset != 0:
+        raise ValueError(
+            f"{OFFSET_CONTROL} = {offset}, but {ckpt.name} ({ckpt.kind}) has no rotary position "
+            "embedding: its form is the same at every offset; use 0 (leave the box empty)"
+        )
+    return offset
+
+
+def offset_control_state(ckpt: Any | None) -> tuple[dict[str, str], bool]:
+    """The offset control's style and ``disabled`` flag: shown and enabled for a rotary
+    checkpoint, hidden and disabled for any other (or none)."""
+    if ckpt is None or ckpt.rotary is None:
+        return HIDDEN, True
+    return {}, False
+
+
+def _span(heads: Sequence[int]) -> str:
+    return f"{heads[0]}–{heads[-1]}" if len(heads) > 2 else ", ".join(map(str, heads))
+
+
+def group_note(ckpt: Any, head: object) -> str | None:
+    """With grouped-query attention, which query heads share a key head — all groups, then the
+    chosen ``head``'s (None without GQA, or when ``head`` is not a valid choice yet)."""
+    if ckpt.num_kv_heads == ckpt.num_heads:
+        return None
+    size = ckpt.num_heads // ckpt.num_kv_heads
+    groups = "; ".join(
+        f"heads {_span(range(j * size, (j + 1) * size))} share key head {j}"
+        for j in range(ckpt.num_kv_heads)
+    )
+    note = (
+        f"grouped-query attention: {ckpt.num_heads} query heads read {ckpt.num_kv_heads} key "
+        f"heads — {groups}"
+    )
+    if isinstance(head, int) and not isinstance(head, bool) and 0 <= head < ckpt.num_heads:
+        others = [h for h in ckpt.kv_group(head) if h != head]
+        note += (
+            f". Head {head} reads key head {ckpt.kv_head(head)} with heads "
+            f"{', '.join(map(str, others))}: their forms share W_k"
+        )
+    return note
+
+
+def make_rotary_figure(
+    planes: Any, *, offset: int = 0, span: int = PLANES_SPAN, title: str | None = None
+) -> go.Figure:
+    """Two panels of one head's rotation planes (:class:`models.heads.RotaryPlanes`): the scale
+    ρ_i of each plane against its wavelength 2π/θ_i (log axis; the hover adds θ_i, the rotation
+    α_i and the residual ‖A_i‖), and the trace tr U(Δ) = Σ_i 2ρ_i cos(Δθ_i − α_i) + tr G_pass
+    for Δ from −``span`` (or ``offset`` if further) to 0, the chosen ``offset`` marked. A pure
+    function of ``planes``, as :mod:`models.plots`' figures are."""
+    from plotly.subplots import make_subplots
+
+    from flowgraph.plot import figure_title
+
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=["scale ρ per rotation plane", "tr U(Δ): score against itself Δ away"],
+        horizontal_spacing=0.12,
+    )
+    plane_p = np.arange(planes.theta_p.size)
+    custom_p4 = np.stack([plane_p, planes.theta_p, planes.rotation_p, planes.residual_p], axis=-1)
+    fig.add_trace(
+        go.Scatter(
+            x=planes.wavelength_p,
+            y=planes.scale_p,
+            mode="lines+markers",
+            marker={"color": "#2166ac", "size": 6},
+            customdata=custom_p4,
+            name="scale ρ",
+            hovertemplate=(
+                "plane %{customdata[0]}: θ = %{customdata[1]:.4g} rad/token, wavelength "
+                "%{x:.4g} tokens<br>ρ = %{y:.4g}, α = %{customdata[2]:.3f}, "
+                "‖A‖ = %{customdata[3]:.4g}<extra></extra>"
+            ),
+            showlegend=False,
+        ),
+        row=1,
+        col=1,
+    )
+    low = -max(span, abs(offset))
+    high = max(0, offset)
+    delta = np.arange(low, high + 1)
+    trace = np.array([planes.trace(int(d)) for d in delta])
+    fig.add_trace(
+        go.Scatter(
+            x=delta,
+            y=trace,
+            mode="lines",
+            line={"color": "#2166ac"},
+            name="tr U(Δ)",
+            hovertemplate="Δ = %{x}: tr U = %{y:.4g}<extra></extra>",
+            showlegend=False,
+        ),
+        row=1,
+        col=2,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[offset],
+            y=[planes.trace(offset)],
+            mode="markers",
+            marker={"color": "#e66101", "size": 10},
+            name="chosen offset",
+            hovertemplate="chosen Δ = %{x}: tr U = %{y:.4g}<extra></extra>",
+            showlegend=False,
+        ),
+        row=1,
+        col=2,
+    )
+    fig.update_xaxes(title_text="wavelength 2π/θ (tokens)", type="log", row=1, col=1)
+    fig.update_xaxes(title_text="offset Δ = key − query position", row=1, col=2)
+    fig.update_yaxes(zeroline=True, zerolinecolor="#777777")
+    top = int(np.argmax(planes.scale_p))
+    fig.update_layout(
+        title=figure_title(
+            title or f"{planes.theta_p.size} rotation planes",
+            f"strongest: plane {top}, wavelength {planes.wavelength_p[top]:.4g} tokens, "
+            f"ρ = {planes.scale_p[top]:.4g}; pass-through trace {planes.passthrough_trace:.4g}",
+        ),
+        width=900,
+        height=420,
+        margin={"l": 70, "r": 40, "t": 110, "b": 60},
+        template="plotly_white",
+        font={"family": "DejaVu Sans, Arial, sans-serif", "size": 13},
+    )
+    return fig
+
+
 # A switch of checkpoint answers with the new layer and head choices. It writes a radio's value
 # only when it must: the value it read (State) left with the request, and a click made while the
 # answer was on its way — right after "open by path", whose answer switches the checkpoint and
@@ -141,10 +288,15 @@ def kept_space(space: object, attention_kind: str) -> Any:
 
 def describe(ckpt: Any) -> str:
     direction = "causal" if ckpt.causal else "bidirectional"
+    extra = ""
+    if ckpt.num_kv_heads != ckpt.num_heads:
+        extra += f", {ckpt.num_kv_heads} key heads (grouped-query)"
+    if ckpt.rotary is not None:
+        extra += f", rotary ({ckpt.rotary.rope_type}, {ckpt.rotary.num_planes} planes)"
     return (
         f"{ckpt.name}: {ckpt.kind}, {ckpt.attention_kind} attention, {ckpt.num_layers} layers × "
         f"{ckpt.num_heads} heads (head dim {ckpt.head_dim}, model dim {ckpt.d_model}), "
-        f"n_ctx {ckpt.n_ctx}, {ckpt.vocab_size:,} tokens, {direction}"
+        f"n_ctx {ckpt.n_ctx}, {ckpt.vocab_size:,} tokens, {direction}{extra}"
     )
 
 
@@ -159,11 +311,14 @@ def head_figures(
     kind: str,
     positions: bool,
     halves: tuple[str, ...] = HALVES,
+    *,
+    offset: object = 0,
 ) -> dict[str, Any]:
     """One checkpoint's figures for one head (cached by every input): of ``halves``, "form"
     gives the form and spectrum figures and the symmetry, "tokens" the token distances and
     attention figures. The input is read (and checked) by the "tokens" half only: the form
-    depends on the weights alone, and a typo in the input blanked it."""
+    depends on the weights alone, and a typo in the input blanked it. ``offset``: the offset
+    box's value (:func:`offset_option`), Δ of a rotary checkpoint's form and distances."""
     from flowgraph.models import plots
 
     if not set(halves) <= set(HALVES):
@@ -181,10 +336,11 @@ def head_figures(
             f"{ckpt.name} has {ckpt.attention_kind} heads: the head-space form exists for "
             "metric heads only; choose model space"
         )
-    name = f"{ckpt.name} L{layer} H{head}"
+    offset = offset_option(ckpt, offset)
+    name = f"{ckpt.name} L{layer} H{head}" + (f" Δ={offset}" if ckpt.rotary else "")
 
     def form_figures() -> tuple[Any, go.Figure, go.Figure]:
-        form = ckpt.qk_form(layer, head, space)
+        form = ckpt.qk_form(layer, head, space, offset=offset)
         return (
             form,
             lighten(plots.make_form_figure(form, parts=parts, title=f"{name}: form")),
@@ -194,13 +350,13 @@ def head_figures(
     out: dict[str, Any] = {"ckpt": ckpt}
     if "form" in halves:
         form, out["form"], out["spectrum"] = state.cached(
-            ("form", real, layer, head, space, tuple(parts)), form_figures
+            ("form", real, layer, head, space, tuple(parts), offset), form_figures
         )
         out["symmetry"] = form.symmetry
         out["symbol"] = plots.form_symbol(form)  # M in head space, U in model space
 
     def token_figures() -> tuple[go.Figure, go.Figure]:
-        d2_tt = ckpt.token_distances(layer, head, ids, positions=positions)
+        d2_tt = ckpt.token_distances(layer, head, ids, positions=positions, offset=offset)
         attn_tt = ckpt.attention(ids)[layer, head]
         return (
             lighten(
@@ -213,7 +369,7 @@ def head_figures(
         ids = out["ids"] = input_ids(ckpt, text, kind)
         labels = [ckpt.tokens[i] for i in ids]
         out["distances"], out["attention"] = state.cached(
-            ("tokens", real, layer, head, ids.tobytes(), positions), token_figures
+            ("tokens", real, layer, head, ids.tobytes(), positions, offset), token_figures
         )
     return out
 
@@ -246,19 +402,43 @@ def prefetch_heads(
     text: object,
     kind: str,
     positions: bool,
+    *,
+    offset: int = 0,
 ) -> None:
     """Queue every head of the checkpoint (same settings) on the state's background thread,
     layer by layer, at most MAX_PREFETCH_HEADS: a later layer or head switch is a cache hit."""
     ckpt = state.checkpoint(path)
-    settings = (space, tuple(parts), str(text or ""), kind, positions)
+    settings = (space, tuple(parts), str(text or ""), kind, positions, offset)
     heads = [(layer, head) for layer in range(ckpt.num_layers) for head in range(ckpt.num_heads)]
     for layer, head in heads[:MAX_PREFETCH_HEADS]:
         state.prefetch.submit(
             ("heads", path, layer, head, settings),
             lambda layer=layer, head=head: head_figures(
-                state, path, layer, head, space, list(parts), text, kind, positions
+                state, path, layer, head, space, list(parts), text, kind, positions, offset=offset
             ),
         )
+
+
+def rotary_figure(
+    state: DashboardState, path: str, layer: int, head: int, offset: object
+) -> go.Figure | None:
+    """The rotation-planes figure (:func:`make_rotary_figure`) of one head of a rotary
+    checkpoint, the offset box's Δ marked (cached); None for a checkpoint without rotary
+    embeddings."""
+    real = str(state.resolve_checkpoint(path))
+    ckpt = state.checkpoint(real)
+    if ckpt.rotary is None:
+        return None
+    if not 0 <= layer < ckpt.num_layers:
+        raise ValueError(f"layer {layer} is out of range: {ckpt.name} has {ckpt.num_layers}")
+    delta = offset_option(ckpt, offset)
+
+    def build() -> go.Figure:
+        planes = ckpt.rotary_planes(layer, head)
+        title = f"{ckpt.name} L{layer} H{head}: rotation planes ({ckpt.rotary.rope_type} rope)"
+        return lighten(make_rotary_figure(planes, offset=delta, title=title))
+
+    return state.cached(("rotary", real, layer, head, delta), build)
 
 
 def coverage_figure(
@@ -353,14 +533,26 @@ def layout(**_query: str) -> html.Div:
     heads: list[dict[str, Any]] = []
     info: Any = "no checkpoint under the roots (--runs / --checkpoint)"
     spaces = space_options(None)
+    ckpt = None
     if first is not None:
         try:
             layers, heads = _choices(state, first)
-            info = describe(state.checkpoint(first))
-            spaces = space_options(state.checkpoint(first).attention_kind)
+            ckpt = state.checkpoint(first)
+            info = describe(ckpt)
+            spaces = space_options(ckpt.attention_kind)
         except (ValueError, TypeError, OSError) as exc:
             info = message(str(exc))
+            ckpt = None
     start = 0 if layers else None
+    offset_style, offset_disabled = offset_control_state(ckpt)
+    offset_box = number_box("heads-offset", 0)
+    offset_box.disabled = offset_disabled
+    offset = control(
+        OFFSET_CONTROL,
+        offset_box,
+        "key − query position (rotary models; ≤ 0: keys a causal query sees)",
+    )
+    offset.id, offset.style = "heads-offset-control", offset_style
     return page(
         "Heads",
         [
@@ -397,6 +589,7 @@ def layout(**_query: str) -> html.Div:
                         radio("heads-space", spaces, "model"),
                         "head: the metric M (metric heads)",
                     ),
+                    offset,
                     control(
                         "form panels",
                         dcc.Checklist(
@@ -436,9 +629,15 @@ def layout(**_query: str) -> html.Div:
             html.Div(id="heads-path-message", className="fg-messages"),
             html.Div(id="heads-message", className="fg-messages"),
             html.P(info, id="heads-info"),
+            html.P(group_note(ckpt, 0) if ckpt else None, id="heads-groups"),
             html.P(id="heads-symmetry", className="fg-verdict"),
             graph_section("heads-form", "Bilinear form"),
             graph_section("heads-spectrum", "Spectrum"),
+            html.Div(
+                graph_section("heads-rotary", "Rotation planes: which frequencies the head uses"),
+                id="heads-rotary-section",
+                style=offset_style,
+            ),
             graph_section("heads-distances", "Induced token distances"),
             graph_section("heads-attention", "Attention on the input"),
             html.Div(id="heads-coverage-message", className="fg-messages"),
@@ -502,24 +701,58 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
             space_options(ckpt.attention_kind),
         )
 
-    head_inputs = [
-        Input(f"heads-{name}", "value")
-        for name in ("ckpt", "ckpt2", "layer", "head", "space", "parts", "text", "input-kind")
-    ]
+    @app.callback(
+        Output("heads-offset-control", "style"),
+        Output("heads-offset", "disabled"),
+        Output("heads-offset", "value"),
+        Output("heads-rotary-section", "style"),
+        Input("heads-ckpt", "value"),
+        State("heads-offset", "value"),
+        prevent_initial_call=True,  # the layout holds the first checkpoint's
+    )
+    @guard(outputs=4, message_at=None)
+    def choose_offset(path: object, offset: object) -> tuple[Any, ...]:
+        # a checkpoint without rotary embeddings accepts Δ = 0 only: its box is hidden and
+        # reset, so a Δ typed for a rotary model does not follow it there
+        ckpt = state.checkpoint(path) if path else None
+        style, disabled = offset_control_state(ckpt)
+        reset = 0 if disabled and offset not in (0, None) else no_update
+        return style, disabled, reset, style
+
+    @app.callback(
+        Output("heads-rotary", "figure"),
+        Output("heads-groups", "children"),
+        Input("heads-ckpt", "value"),
+        Input("heads-layer", "value"),
+        Input("heads-head", "value"),
+        Input("heads-offset", "value"),
+    )
+    # a bad offset is said in update's message (head_figures checks it the same way)
+    @guard(outputs=2, message_at=None, failed=no_results(0))
+    def update_rotary(path: object, layer: object, head: object, offset: object) -> tuple[Any, ...]:
+        if not path or layer is None or head is None:
+            return no_update, no_update
+        note = group_note(state.checkpoint(path), head)
+        layer, head = index_option("layer", layer), index_option("head", head)
+        fig = rotary_figure(state, str(path), layer, head, offset)
+        return fig if fig is not None else placeholder_figure("no rotary position embedding"), note
+
+    head_inputs = [Input(f"heads-{name}", "value") for name in HEAD_CONTROLS]
 
     def figures(half: str, controls: tuple[Any, ...]) -> tuple[list[Any], str | None, Any]:
         """The half's figures for the controls (beside the second checkpoint's, if any), the
         symmetry line (form half) and a note when the second checkpoint fails."""
 
-        path, path2, layer, head, space, parts, text, kind, positions = controls
+        path, path2, layer, head, space, parts, text, kind, offset, positions = controls
         ticked = limits.check_flags("form panels", parts, PARTS)
         parts = [p for p in PARTS if p in ticked] or ["matrix"]
         shifted = "pos" in limits.check_flags("distances", positions, ("pos",))
         layer, head = index_option("layer", layer), index_option("head", head)
         args = (layer, head, space, parts, text, kind, shifted)
-        left = head_figures(state, str(path), *args, halves=(half,))
+        left = head_figures(state, str(path), *args, halves=(half,), offset=offset)
+        delta = offset_option(left["ckpt"], offset)
         if half == "tokens":  # the half that knows every setting queues the other heads
-            prefetch_heads(state, str(path), *args[2:])
+            prefetch_heads(state, str(path), *args[2:], offset=delta)
         names = FIGURES[half]
         figs = [left[n] for n in names]
         symmetry = (
@@ -530,15 +763,16 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
         note = None
         if path2:
             try:
-                right = head_figures(state, str(path2), *args, halves=(half,))
+                right = head_figures(state, str(path2), *args, halves=(half,), offset=offset)
                 if half == "tokens":
-                    prefetch_heads(state, str(path2), *args[2:])
+                    prefetch_heads(state, str(path2), *args[2:], offset=delta)
             except (ValueError, TypeError, KeyError) as exc:
                 note = message(f"compare: {exc.args[0] if exc.args else exc}", "note")
             else:
                 titles = (left["ckpt"].name, right["ckpt"].name)
                 pairs = zip(figs, [right[n] for n in names], strict=True)
-                key = ("side", half, str(path), str(path2), *args[:3], tuple(parts), *args[4:])
+                settings = (*args[:3], tuple(parts), *args[4:], delta)
+                key = ("side", half, str(path), str(path2), *settings)
                 figs = state.cached(
                     key,
                     lambda: [lighten(pair(a, b, titles)) for a, b in pairs],

@@ -1,13 +1,18 @@
 """Patterns page: choose a pattern (or upload masks), see its steps, its information-flow graph,
 reachability after each step with the witness, the check report, edges against n·√n and the
 published patterns compared at one n. Every figure comes from :mod:`flowgraph.plot`, every
-number from :func:`flowgraph.check` and :func:`app.demo.comparison_rows`."""
+number from :func:`flowgraph.check` and :func:`app.demo.comparison_rows`.
+
+The classic patterns (dense … star) take the stride and summary boxes; the library patterns
+(:data:`flowgraph.LIBRARY`: sliding_window … nsa) take a parameter box, ``window=64, sinks=4``,
+read and checked against the registry, so the page offers what ``flowgraph check`` offers."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import hashlib
+import math
 import re
 import tempfile
 from pathlib import Path
@@ -26,21 +31,164 @@ from flowgraph.app.dashboard.figures import (
     no_results,
     placeholder_figure,
 )
-from flowgraph.app.dashboard.layout import control, graph_section, number_box, page, radio
+from flowgraph.app.dashboard.layout import (
+    control,
+    graph_section,
+    number_box,
+    page,
+    radio,
+    text_box,
+)
 from flowgraph.app.dashboard.payload import lighten
 from flowgraph.app.dashboard.state import DashboardState
 
 PATH, NAME, ORDER = "/", "Patterns", 0
-PATTERNS = ("dense", "local", "strided", "fixed", "ltr", "rtl", "star")
-BIDIRECTIONAL_ONLY = ("ltr", "rtl", "star")
+PATTERNS = ("dense", "local", "strided", "fixed", "ltr", "rtl", "star")  # the stride/summary boxes
+LIBRARY_PATTERNS = tuple(name for name in fg.LIBRARY if name not in PATTERNS)  # the params box
+NAMES = (*PATTERNS, *LIBRARY_PATTERNS)
+LOCKED = {  # patterns defined in one direction only, and that direction
+    name: spec.directions[0] for name, spec in fg.LIBRARY.items() if not spec.choice
+}
+BIDIRECTIONAL_ONLY = tuple(name for name, way in LOCKED.items() if way == "bidirectional")
 UPLOAD = "upload"
 MODES = ("interleave", "merged", "heads")
-IDLE_CANDIDATES = ("n", "stride", "summary", "mode")  # controls some settings ignore
+IDLE_CANDIDATES = ("n", "stride", "summary", "params", "mode")  # controls some settings ignore
 EDGE_NS = (16, 64, 256, 1024, 4096)
 DEFAULTS: dict[str, Any] = {"name": "fixed", "n": 64, "summary": 1, "compare_n": 1024}
+# NSA's three steps in order have a dense middle step (the selection candidates): its reach is
+# checked on bitsets, n² bits and about 2 s at n = 4096.
+LIBRARY_MAX_N = {"nsa": limits.MAX_MASKS_CHECK_N}
+# Random blocks and dilations fragment the reach sets of later layers: a stack of a library
+# pattern is checked for n × layers ≤ this (dilated_window 4096 × 4: about 3 s).
+LIBRARY_STACK_ROWS = 4 * limits.MAX_MASKS_CHECK_N
+# The random blocks (bigbird, a seeded moba or nsa) are drawn block after block: 65,536 blocks
+# take about 2 s.
+MAX_RANDOM_BLOCKS = 65536
+_PARAM = re.compile(r"\s*([A-Za-z_]\w*)\s*=\s*(\[[^\]]*\]|[^,;\s\[\]]+)\s*(?:[,;]|\s|$)")
 
 
 # --- pure helpers (tested without a browser) ------------------------------------------------
+def parse_params(text: object, name: str) -> dict[str, Any]:
+    """The parameter box of library pattern ``name`` as a dict: ``name=value`` pairs separated
+    by commas, semicolons or spaces; a value is an integer, ``none`` or a bracketed list of
+    integers (``lengths=[512, 1024, 256]``). Unknown names, repeats and values of the wrong kind
+    are ValueErrors naming the parameter."""
+    spec = fg.LIBRARY[name]
+    text = limits.check_text("parameters", text)
+    values: dict[str, Any] = {}
+    pos = 0
+    while text[pos:].strip():
+        match = _PARAM.match(text, pos)
+        if match is None:
+            raise ValueError(
+                f"parameters: cannot read {text[pos:].strip()!r:.40}; write name=value pairs, "
+                f"e.g. {example_params(name) or 'window=64, sinks=4'}"
+            )
+        key, raw = match.group(1), match.group(2)
+        pos = match.end()
+        if key not in spec.names:
+            have = ", ".join(spec.names) or "none"
+            raise ValueError(
+                f"parameters: {name} takes no parameter {key!r}; its parameters: {have}"
+            )
+        if key in values:
+            raise ValueError(f"parameters: {key} is given twice")
+        values[key] = _param_value(spec.param(key), raw)
+    return values
+
+
+def _param_value(param: Any, raw: str) -> Any:
+    """One value of the parameter box, as ``param`` (a library ``Param``) takes it."""
+    if raw.lower() == "none":
+        if not param.optional:
+            raise ValueError(f"parameters: {param.name} needs a value ({param.range_text})")
+        return None
+    if param.kind == "ints":
+        if not raw.startswith("["):
+            raise ValueError(f"parameters: {param.name} is a list, e.g. {param.name}=[512, 256]")
+        parts = [part.strip() for part in raw[1:-1].split(",")]
+        try:
+            return [int(part) for part in parts]
+        except ValueError:
+            raise ValueError(
+                f"parameters: {param.name} must be a list of integers, got {raw!r:.60}"
+            ) from None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(
+            f"parameters: {param.name} must be an integer ({param.range_text}), got {raw!r:.40}"
+        ) from None
+
+
+def example_params(name: object) -> str:
+    """The parameter box text of ``name``'s defaults at n = 1024 (its placeholder)."""
+    if name not in LIBRARY_PATTERNS:
+        return ""
+    spec = fg.LIBRARY[name]  # type: ignore[index]
+    if spec.n_from:
+        return "lengths=[512, 256, 256], window=none"
+    values = spec.resolve(1024)
+    return ", ".join(
+        f"{p.name}={'none' if values[p.name] is None else values[p.name]}" for p in spec.params
+    )
+
+
+def params_hint(name: object, n: object) -> str:
+    """What the parameter box of ``name`` takes at this n: each parameter's range and default
+    (the registry's), or why the box is off."""
+    if name not in LIBRARY_PATTERNS:
+        return "for the library patterns (sliding_window … nsa)"
+    spec = fg.LIBRARY[name]  # type: ignore[index]
+    try:
+        size = limits.int_option("n", n, 2, limits.MAX_CHECK_N)
+        resolved: dict[str, Any] | None = None if spec.n_from else spec.resolve(size)
+    except (TypeError, ValueError):
+        resolved = None
+    parts = []
+    for p in spec.params:
+        if resolved is None or p.kind == "ints":
+            span, default = p.range_text, p.default_text
+        else:
+            low, high = p.bounds(resolved)
+            span = f"{low}..{high}"
+            default = "none" if resolved[p.name] is None else str(resolved[p.name])
+        parts.append(f"{p.name} {span}" + (" (required)" if p.required else f" ({default})"))
+    return "; ".join(parts) + (" — n is the sum of the lengths" if spec.n_from else "")
+
+
+def library_pattern(name: str, n: object, params: object, causal: bool) -> fg.Pattern:
+    """Library pattern ``name`` at the n box (the lengths' sum for document) with the parameter
+    box's values and the registry's defaults; refused up front where the dashboard would take
+    more than a few seconds."""
+    spec = fg.LIBRARY[name]
+    values = parse_params(params, name)
+    if spec.n_from is not None:
+        if values.get(spec.n_from) is None:
+            raise ValueError(
+                f"parameters: {name} needs {spec.n_from}, e.g. {example_params(name)} "
+                "(n is their sum; the n box is off)"
+            )
+        total = sum(values[spec.n_from])
+        if total > limits.MAX_CHECK_N:
+            raise ValueError(
+                f"the lengths sum to n={total:,}; the dashboard checks n ≤ {limits.MAX_CHECK_N:,}"
+            )
+        size = None
+    else:
+        size = limits.int_option("n", n, 2, LIBRARY_MAX_N.get(name, limits.MAX_CHECK_N))
+    resolved = spec.resolve(size, values)
+    block = resolved.get("block", resolved.get("sel_block"))
+    random = name == "bigbird" or resolved.get("seed") is not None
+    if random and block is not None and math.ceil(resolved["n"] / block) > MAX_RANDOM_BLOCKS:
+        raise ValueError(
+            f"{name} draws its random blocks one block at a time; the dashboard takes "
+            f"n/block ≤ {MAX_RANDOM_BLOCKS:,}, got {resolved['n']:,}/{block} (use a larger block "
+            "or `flowgraph check`)"
+        )
+    return spec.build(size, values, causal if spec.choice else None)
+
+
 def build_pattern(
     name: str,
     n: object,
@@ -48,9 +196,13 @@ def build_pattern(
     summary: object,
     causal: bool,
     uploaded: fg.Pattern | None = None,
+    params: object = None,
 ) -> fg.Pattern:
     """The pattern the controls describe. ``stride`` is the window of ``local`` and the hub of
-    ``star``; empty means the constructor's default (⌊√n⌋, hub 0)."""
+    ``star``; empty means the constructor's default (⌊√n⌋, hub 0). A library pattern takes
+    ``params``, the parameter box (see :func:`parse_params`), instead of stride and summary."""
+    if name in LIBRARY_PATTERNS:
+        return library_pattern(name, n, params, causal)
     if name == UPLOAD:
         if uploaded is None:
             raise ValueError("pattern 'upload' needs an .npz of masks: drop one on the upload box")
@@ -61,7 +213,7 @@ def build_pattern(
             )
         return uploaded
     if name not in PATTERNS:
-        raise ValueError(f"pattern must be one of {', '.join(PATTERNS)} or upload, got {name!r}")
+        raise ValueError(f"pattern must be one of {', '.join(NAMES)} or upload, got {name!r}")
     n = limits.int_option("n", n, 2, limits.MAX_CHECK_N)
     default_stride = max(1, int(n**0.5))
     if name == "star":
@@ -87,12 +239,20 @@ def build_pattern(
 
 def idle_controls(name: object, layers: object) -> set[str]:
     """The controls that change nothing for pattern ``name`` and this ``layers`` box (the page
-    disables them): n, stride and summary of uploaded masks, the stride of dense, the summary of
-    all but fixed, the mode while layers is empty."""
+    disables them): n, stride, summary and parameters of uploaded masks, the stride and summary
+    of a library pattern (it takes the parameter box) and its n when the parameters give it
+    (document), the parameters of the classic patterns, the stride of dense, the summary of all
+    but fixed, the mode while layers is empty."""
     idle = set()
     if name == UPLOAD:
-        idle |= {"n", "stride", "summary"}
-    elif name == "dense":
+        idle |= {"n", "stride", "summary", "params"}
+    elif name in LIBRARY_PATTERNS:
+        idle |= {"stride", "summary"}
+        if fg.LIBRARY[name].n_from:  # type: ignore[index]
+            idle.add("n")
+    else:
+        idle.add("params")
+    if name == "dense":
         idle.add("stride")
     if name != "fixed":
         idle.add("summary")
@@ -103,26 +263,27 @@ def idle_controls(name: object, layers: object) -> set[str]:
 
 def direction_for(name: object, direction: object, before: object) -> tuple[Any, ...]:
     """What a pattern change does to the direction radio: (value, options, the direction to
-    restore later, a note). A bidirectional-only pattern locks it to bidirectional and keeps
-    the direction it replaced; the next pattern with both directions gets that one back, so
-    fixed → ltr → fixed is causal again (it stayed bidirectional, silently turning fixed's
+    restore later, a note). A pattern defined in one direction (ltr, rtl, star, prefix_lm and
+    block_causal bidirectional; sinks_window, moba and nsa causal) locks the radio to it and
+    keeps the direction it replaced; the next pattern with both directions gets that one back,
+    so fixed → ltr → fixed is causal again (it stayed bidirectional, silently turning fixed's
     verdict into full information). Both changes are said in a note under the radio. The
     value goes out only when it must: ``direction`` was read when the request left, and
     writing it back undid a direction clicked while the answer was on its way."""
-    locked = name in BIDIRECTIONAL_ONLY
+    locked = LOCKED.get(name) if isinstance(name, str) else None
     options = [
-        {"label": "causal", "value": "causal", "disabled": locked},
-        {"label": "bidirectional", "value": "bidirectional"},
+        {"label": "causal", "value": "causal", "disabled": locked == "bidirectional"},
+        {"label": "bidirectional", "value": "bidirectional", "disabled": locked == "causal"},
     ]
-    if locked:
+    if locked is not None:
         if before in ("causal", "bidirectional"):  # ltr → rtl: keep what ltr replaced
             kept = before
         else:
             kept = direction if direction in ("causal", "bidirectional") else "causal"
-        note = f"{name} is bidirectional only: direction set to bidirectional"
-        if kept == "bidirectional":
-            note = f"{name} is bidirectional only"
-        return "bidirectional", options, kept, note
+        note = f"{name} is {locked} only: direction set to {locked}"
+        if kept == locked:
+            note = f"{name} is {locked} only"
+        return locked, options, kept, note
     if before in ("causal", "bidirectional"):
         note = None if before == "bidirectional" else f"direction back to {before} for {name}"
         return before, options, None, note
@@ -137,6 +298,13 @@ def stack_pattern(pattern: fg.Pattern, layers: object, mode: object) -> fg.Patte
     layers = limits.int_option("layers", layers, 1, limits.MAX_LAYERS)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if pattern.name in LIBRARY_PATTERNS and pattern.n * layers > LIBRARY_STACK_ROWS:
+        raise ValueError(
+            f"layers={layers} of {pattern.name} at n={pattern.n:,} is {pattern.n * layers:,} rows "
+            f"whose reach sets its random blocks, dilations or globals fragment; the dashboard "
+            f"stacks library patterns for n × layers ≤ {LIBRARY_STACK_ROWS:,} "
+            "(`flowgraph check` takes any)"
+        )
     if mode != "interleave" and pattern.n > limits.MAX_UNION_CHECK_N:
         raise ValueError(
             f"mode {mode!r} joins steps whose reach sets are ~√n intervals a row; the dashboard "
@@ -267,6 +435,7 @@ class Settings(NamedTuple):
     layers: object
     mode: object
     flow: bool
+    params: object
     upload: dict[str, Any] | None
 
 
@@ -281,14 +450,23 @@ def analyse(
     mode: object,
     flow: bool,
     upload: dict[str, Any] | None,
+    params: object = None,
 ) -> dict[str, Any]:
-    """Everything the page shows for one setting of the controls (cached by the settings)."""
+    """Everything the page shows for one setting of the controls (cached by the settings).
+    ``params`` is the parameter box of the library patterns (ignored by the others)."""
     _check_settings(name, n, stride, summary, direction, layers, mode, upload)
+    limits.check_scalar("parameters", params)
     causal = direction != "bidirectional"
-    if name in BIDIRECTIONAL_ONLY:
-        causal = False
+    if name in LOCKED:
+        causal = LOCKED[name] == "causal"
     n = None if name == UPLOAD else n  # an upload's n is its masks', not the box's
-    settings = Settings(name, n, stride, summary, causal, layers, mode, bool(flow), upload)
+    if name in LIBRARY_PATTERNS:
+        stride = summary = None  # boxes the library patterns ignore: not part of the cache key
+        if fg.LIBRARY[name].n_from:
+            n = None
+    else:
+        params = None
+    settings = Settings(name, n, stride, summary, causal, layers, mode, bool(flow), params, upload)
     sha = (upload or {}).get("sha") if name == UPLOAD else None
     return state.cached(("patterns", *settings[:-1], sha), lambda: _analyse(state, settings))
 
@@ -305,7 +483,7 @@ def _check_settings(
 ) -> None:
     """Refuse what no control sends before it becomes part of a cache key: a list for n was
     an "unhashable type: 'list'" message that named no control."""
-    limits.check_choice("pattern", name, (*PATTERNS, UPLOAD))
+    limits.check_choice("pattern", name, (*NAMES, UPLOAD))
     for label, value in (("n", n), ("stride", stride), ("summary", summary), ("layers", layers)):
         limits.check_scalar(label, value)
     limits.check_scalar("mode", mode)
@@ -342,13 +520,16 @@ def _uploaded(state: DashboardState, upload: dict[str, Any] | None, causal: bool
 
 
 def _analyse(state: DashboardState, settings: Settings) -> dict[str, Any]:
-    name, n, stride, summary, causal, layers, mode, flow, upload = settings
+    name, n, stride, summary, causal, layers, mode, flow, params, upload = settings
     uploaded = _uploaded(state, upload, causal) if name == UPLOAD else None
-    pattern = stack_pattern(build_pattern(name, n, stride, summary, causal, uploaded), layers, mode)
-    want_flow = bool(flow) and pattern.n <= limits.MAX_FLOW_N
+    built = build_pattern(name, n, stride, summary, causal, uploaded, params)
+    pattern = stack_pattern(built, layers, mode)
+    want_flow = bool(flow) and pattern.n <= limits.MAX_FLOW_N and not pattern.compressed
     report = fg.check(pattern, flow=want_flow)
     if not flow:
         flow_note = f"not computed (tick 'flow'; n ≤ {limits.MAX_FLOW_N})"
+    elif pattern.compressed:
+        flow_note = "not defined: a step attends compressed keys (the flow counts token nodes)"
     elif not want_flow:
         flow_note = f"not computed: n={pattern.n} is above {limits.MAX_FLOW_N}"
     else:
@@ -409,6 +590,7 @@ def warm(state: DashboardState) -> None:
 # --- layout -----------------------------------------------------------------------------------
 def layout(**_query: str) -> html.Div:
     options = [{"label": p, "value": p} for p in PATTERNS]
+    options += [{"label": f"{p} — {fg.LIBRARY[p].summary}", "value": p} for p in LIBRARY_PATTERNS]
     options.append({"label": "upload .npz of masks", "value": UPLOAD})
     return page(
         "Patterns",
@@ -438,6 +620,21 @@ def layout(**_query: str) -> html.Div:
                         "summary",
                         number_box("patterns-summary", DEFAULTS["summary"]),
                         "columns c of fixed",
+                    ),
+                    control(
+                        "parameters",
+                        html.Div(
+                            [
+                                text_box(
+                                    "patterns-params", limits.MAX_TEXT_CHARS, "window=64, sinks=4"
+                                ),
+                                html.Small(
+                                    params_hint(DEFAULTS["name"], DEFAULTS["n"]),
+                                    id="patterns-params-hint",
+                                    className="fg-hint",
+                                ),
+                            ]
+                        ),
                     ),
                     control(
                         "direction",
@@ -579,20 +776,37 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
         ticked = limits.check_flags("flow", flow, ("flow",))
         return analyse(state, *settings, "flow" in ticked, upload)
 
-    # Two callbacks over one cached analysis: the report and the step masks at the top of the
-    # page are drawn while the figures below them are still on their way.
-    @app.callback(
-        Output("patterns-message", "children"),
-        Output("patterns-verdict", "children"),
-        Output("patterns-verdict", "className"),
-        Output("patterns-report", "children"),
-        Output("patterns-summary-text", "children"),
-        Output("patterns-masks", "figure"),
-        *inputs,
-    )
-    @guard(outputs=6, message_at=0, failed=_failed_top)
-    def update(*controls: Any) -> tuple[Any, ...]:
-        out = result(controls)
+    # The library patterns' parameter box joins two callbacks of their own (below) that write
+    # the same outputs: these answer for the classic patterns and uploads, those for the
+    # library, and each leaves the other's patterns alone.
+    library_inputs = [
+        Input(f"patterns-{name}", "value")
+        for name in ("name", "n", "direction", "layers", "mode", "flow", "params")
+    ]
+
+    def library_result(controls: tuple[Any, ...]) -> dict[str, Any]:
+        name, n, direction, layers, mode, flow, params = controls
+        ticked = limits.check_flags("flow", flow, ("flow",))
+        return analyse(
+            state, name, n, None, None, direction, layers, mode, "flow" in ticked, None, params
+        )
+
+    top = [
+        ("patterns-message", "children"),
+        ("patterns-verdict", "children"),
+        ("patterns-verdict", "className"),
+        ("patterns-report", "children"),
+        ("patterns-summary-text", "children"),
+        ("patterns-masks", "figure"),
+    ]
+    below = [
+        ("patterns-reach", "figure"),
+        ("patterns-flow-graph", "figure"),
+        ("patterns-flow-plot", "figure"),
+        ("patterns-edges", "figure"),
+    ]
+
+    def shown_top(out: dict[str, Any]) -> tuple[Any, ...]:
         report: fg.Report = out["report"]
         verdict = "full information" if report.full_information else "NOT full information"
         pattern: fg.Pattern = out["pattern"]
@@ -606,18 +820,56 @@ def register_callbacks(app: Dash, state: DashboardState) -> None:
             out["masks"],
         )
 
-    @app.callback(
-        Output("patterns-reach", "figure"),
-        Output("patterns-flow-graph", "figure"),
-        Output("patterns-flow-plot", "figure"),
-        Output("patterns-edges", "figure"),
-        *inputs,
-    )
+    def shown_below(out: dict[str, Any]) -> tuple[Any, ...]:
+        return out["reach"], out["graph"], out["flow"], out["edges"]
+
+    # Two callbacks over one cached analysis: the report and the step masks at the top of the
+    # page are drawn while the figures below them are still on their way.
+    @app.callback(*(Output(i, p) for i, p in top), *inputs)
+    @guard(outputs=6, message_at=0, failed=_failed_top)
+    def update(*controls: Any) -> tuple[Any, ...]:
+        if controls[0] in LIBRARY_PATTERNS:
+            return (no_update,) * 6
+        return shown_top(result(controls))
+
+    @app.callback(*(Output(i, p) for i, p in below), *inputs)
     # the same analysis fails the same way in update's message
     @guard(outputs=4, message_at=None, failed=no_results(0, 1, 2, 3))
     def update_below(*controls: Any) -> tuple[Any, ...]:
-        out = result(controls)
-        return out["reach"], out["graph"], out["flow"], out["edges"]
+        if controls[0] in LIBRARY_PATTERNS:
+            return (no_update,) * 4
+        return shown_below(result(controls))
+
+    @app.callback(
+        *(Output(i, p, allow_duplicate=True) for i, p in top),
+        *library_inputs,
+        prevent_initial_call=True,  # the page opens on a classic pattern
+    )
+    @guard(outputs=6, message_at=0, failed=_failed_top)
+    def update_library(*controls: Any) -> tuple[Any, ...]:
+        if controls[0] not in LIBRARY_PATTERNS:
+            return (no_update,) * 6
+        return shown_top(library_result(controls))
+
+    @app.callback(
+        *(Output(i, p, allow_duplicate=True) for i, p in below),
+        *library_inputs,
+        prevent_initial_call=True,
+    )
+    @guard(outputs=4, message_at=None, failed=no_results(0, 1, 2, 3))
+    def update_library_below(*controls: Any) -> tuple[Any, ...]:
+        if controls[0] not in LIBRARY_PATTERNS:
+            return (no_update,) * 4
+        return shown_below(library_result(controls))
+
+    @app.callback(
+        Output("patterns-params-hint", "children"),
+        Output("patterns-params", "placeholder"),
+        Input("patterns-name", "value"),
+        Input("patterns-n", "value"),
+    )
+    def describe_params(name: object, n: object) -> tuple[str, str]:
+        return params_hint(name, n), example_params(name) or "window=64, sinks=4"
 
     @app.callback(
         Output("patterns-compare-message", "children"),

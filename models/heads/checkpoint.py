@@ -5,9 +5,10 @@
 
 - a run directory of ``flowgraph train`` (``DIR`` holding ``DIR/checkpoint``, or the checkpoint
   directory itself: ``config.json`` with ``"format"`` and ``"checksums"``, ``model.safetensors``);
-- a Hugging Face model directory (``config.json`` with ``model_type`` bert, roberta,
-  xlm-roberta, gpt2, llama, mistral or qwen2, and ``model.safetensors``, ``pytorch_model.bin``
-  or their sharded index);
+- a Hugging Face model directory (``config.json`` with a ``model_type`` of the BERT family —
+  bert, roberta, xlm-roberta, camembert, data2vec-text, ernie, electra —, distilbert, albert,
+  gpt2, gpt_neox, opt, llama, mistral or qwen2, and ``model.safetensors``,
+  ``pytorch_model.bin`` or their sharded index: docs/heads_loading.md);
 - a nanoGPT ``ckpt.pt`` file (or a directory holding one).
 
 A file inside a directory checkpoint (``model.safetensors``, ``config.json``) stands for its
@@ -325,8 +326,8 @@ class Checkpoint(ABC):
     """One trained model's attention, weights and vocabulary, as numpy arrays: weights, forms
     and distances in float64, attention in the forward pass's precision (float32) unless asked.
 
-    Attributes: ``path``, ``name`` (directory name or file stem), ``kind`` ("flowgraph", "bert",
-    "gpt2", "nanogpt", "llama", "mistral", "qwen2"), ``attention_kind`` ("dot", "metric",
+    Attributes: ``path``, ``name`` (directory name or file stem), ``kind`` ("flowgraph", "nanogpt", or
+    the config's model type: "bert", "gpt2", "gpt_neox", "opt", "llama", ...), ``attention_kind`` ("dot", "metric",
     "quadratic"), ``num_layers``, ``num_heads``, ``head_dim``, ``d_model``, ``n_ctx``,
     ``vocab_size``, ``causal``; ``num_kv_heads`` (key heads per layer: fewer than
     ``num_heads`` under grouped-query attention, :meth:`kv_group`) and ``rotary`` (the

@@ -1,5 +1,7 @@
 """Hugging Face model directories, without ``transformers``: the BERT family and GPT-2 here,
-Llama-style decoders (llama, mistral, qwen2) in :mod:`models.heads.llama`.
+Llama-style decoders (llama, mistral, qwen2) in :mod:`models.heads.llama`, GPT-NeoX
+(gpt_neox) in :mod:`models.heads.neox`, OPT in :mod:`models.heads.opt`,
+DistilBERT and ALBERT in :mod:`models.heads.distil`.
 
 A directory with ``config.json`` (``model_type`` one of :data:`MODEL_TYPES`) and its
 weights as ``model.safetensors``, ``pytorch_model.bin`` (read with ``weights_only=True``) or a
@@ -74,14 +76,23 @@ MODEL_TYPES = {  # model_type → the loader's family
     "bert": "bert",
     "roberta": "roberta",
     "xlm-roberta": "roberta",
+    "camembert": "roberta",
+    "data2vec-text": "roberta",
+    "ernie": "bert",
+    "electra": "bert",
     "gpt2": "gpt2",
     "llama": "llama",
     "mistral": "llama",
     "qwen2": "llama",
+    "gpt_neox": "gpt_neox",
+    "opt": "opt",
+    "distilbert": "distilbert",
+    "albert": "albert",
 }
 _FAMILIES = (
-    "BERT family: BertModel/RobertaModel layout; GPT-2; Llama-style decoders: Llama, Mistral, "
-    "Qwen2, SmolLM, TinyLlama"
+    "BERT family: BertModel/RobertaModel layout (BERT, RoBERTa, XLM-R, CamemBERT, "
+    "data2vec-text, ERNIE, ELECTRA); GPT-2; Llama-style decoders: Llama, Mistral, "
+    "Qwen2, SmolLM, TinyLlama; GPT-NeoX (Pythia); OPT; DistilBERT; ALBERT"
 )
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,  # the exact (erf) GELU
@@ -233,7 +244,18 @@ class BertCheckpoint(_HFCheckpoint):
             raise CheckpointError(
                 f"{file}: position_embedding_type={kind!r} is not supported (absolute only)"
             )
-        self.roberta = MODEL_TYPES[config["model_type"]] == "roberta"
+        model_type = config["model_type"]
+        self.roberta = MODEL_TYPES[model_type] == "roberta"
+        # ELECTRA: embeddings of embedding_size, projected by embeddings_project when it differs
+        E = c
+        if model_type == "electra":
+            E = Dim(config_int(config, "embedding_size", file, 128), "embedding_size")
+        self.embedding_size, self.projected = int(E), int(E) != int(c)
+        # ERNIE with use_task_id adds task type 0's embedding too (no task_type_ids given)
+        self.task_vocab: Dim | None = None
+        if model_type == "ernie" and config_bool(config, "use_task_id", file, False):
+            tasks = config_int(config, "task_type_vocab_size", file, 3)
+            self.task_vocab = Dim(tasks, "task_type_vocab_size")
         # transformers' RoBERTa numbers positions from padding_idx + 1
         pad = config.get("pad_token_id", 1)
         self.padding_idx = (
@@ -267,13 +289,18 @@ class BertCheckpoint(_HFCheckpoint):
         )
         super().__init__(path, store, names, **sizes)
         expected = {
-            "embeddings.word_embeddings.weight": (V, c),
-            "embeddings.position_embeddings.weight": (P, c),
-            "embeddings.LayerNorm.weight": (c,),
-            "embeddings.LayerNorm.bias": (c,),
+            "embeddings.word_embeddings.weight": (V, E),
+            "embeddings.position_embeddings.weight": (P, E),
+            "embeddings.LayerNorm.weight": (E,),
+            "embeddings.LayerNorm.bias": (E,),
         }
         if self.type_vocab:
-            expected["embeddings.token_type_embeddings.weight"] = (self.type_vocab, c)
+            expected["embeddings.token_type_embeddings.weight"] = (self.type_vocab, E)
+        if self.task_vocab is not None:
+            expected["embeddings.task_type_embeddings.weight"] = (self.task_vocab, c)
+        if self.projected:
+            expected["embeddings_project.weight"] = (c, E)
+            expected["embeddings_project.bias"] = (c,)
         for i in range(L):
             pre = f"encoder.layer.{i}."
             for part, shape in (
@@ -299,7 +326,14 @@ class BertCheckpoint(_HFCheckpoint):
 
     def _ln(self, x: torch.Tensor, name: str) -> torch.Tensor:
         w, b = self._tensor(name + ".weight"), self._tensor(name + ".bias")
-        return F.layer_norm(x, (self.d_model,), w, b, self.eps)
+        return F.layer_norm(x, w.shape, w, b, self.eps)
+
+    def _to_model_space(self, table_ne: torch.Tensor) -> torch.Tensor:
+        """An embedding table in model space: ELECTRA's through ``embeddings_project``'s weight
+        (its bias and the LayerNorm before it left out); others unchanged."""
+        if not self.projected:
+            return table_ne
+        return F.linear(table_ne, self._tensor("embeddings_project.weight"))
 
     def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
         return F.linear(x, self._tensor(name + ".weight"), self._tensor(name + ".bias"))
@@ -312,7 +346,11 @@ class BertCheckpoint(_HFCheckpoint):
         )
         if self.type_vocab:
             x_tc = x_tc + self._tensor("embeddings.token_type_embeddings.weight")[0]
+        if self.task_vocab is not None:
+            x_tc = x_tc + self._tensor("embeddings.task_type_embeddings.weight")[0]
         x_tc = self._ln(x_tc, "embeddings.LayerNorm")
+        if self.projected:
+            x_tc = self._linear(x_tc, "embeddings_project")
         scale = 1.0 / math.sqrt(self.head_dim)
         allowed_tt = torch.ones(T, T, dtype=torch.bool).tril() if self.causal else None
         out = []
@@ -350,7 +388,7 @@ class BertCheckpoint(_HFCheckpoint):
         )
 
     def _token_embeddings(self) -> torch.Tensor:
-        return self._tensor("embeddings.word_embeddings.weight")
+        return self._to_model_space(self._tensor("embeddings.word_embeddings.weight"))
 
     def _sequence_positions(self, ids: np.ndarray) -> np.ndarray:
         if self.padding_idx is None:
@@ -362,7 +400,8 @@ class BertCheckpoint(_HFCheckpoint):
 
     def _position_embeddings(self) -> torch.Tensor:
         offset = 0 if self.padding_idx is None else self.padding_idx + 1
-        return self._tensor("embeddings.position_embeddings.weight")[offset : offset + self.n_ctx]
+        table = self._to_model_space(self._tensor("embeddings.position_embeddings.weight"))
+        return table[offset : offset + self.n_ctx]
 
 
 @dataclass
@@ -567,4 +606,17 @@ def load_hf(path: Path, config: Any) -> Checkpoint:
         from flowgraph.models.heads.llama import LlamaCheckpoint
 
         return LlamaCheckpoint(path, config, store)
+    if family == "gpt_neox":
+        from flowgraph.models.heads.neox import NeoXCheckpoint
+
+        return NeoXCheckpoint(path, config, store)
+    if family == "opt":
+        from flowgraph.models.heads.opt import OPTCheckpoint
+
+        return OPTCheckpoint(path, config, store)
+    if family in ("distilbert", "albert"):
+        from flowgraph.models.heads.distil import AlbertCheckpoint, DistilBertCheckpoint
+
+        loader = DistilBertCheckpoint if family == "distilbert" else AlbertCheckpoint
+        return loader(path, config, store)
     return BertCheckpoint(path, config, store)
