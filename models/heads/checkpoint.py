@@ -328,7 +328,8 @@ class Checkpoint(ABC):
 
     Attributes: ``path``, ``name`` (directory name or file stem), ``kind`` ("flowgraph",
     "nanogpt", or the config's model type: "bert", "gpt2", "gpt_neox", "opt", "llama", ...),
-    ``attention_kind`` ("dot", "metric", "quadratic"), ``num_layers``, ``num_heads``, ``head_dim``, ``d_model``, ``n_ctx``,
+    ``attention_kind`` ("dot", "metric", "quadratic"), ``num_layers``, ``num_heads``,
+    ``head_dim``, ``d_model``, ``n_ctx``,
     ``vocab_size``, ``causal``; ``num_kv_heads`` (key heads per layer: fewer than
     ``num_heads`` under grouped-query attention, :meth:`kv_group`) and ``rotary`` (the
     :class:`~models.heads.rotary.Rotary` position embedding, or None).
