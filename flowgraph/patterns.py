@@ -371,13 +371,24 @@ def _as_mask(mask: Any, i: int) -> Any:
 
 
 def from_masks(
-    masks: Any, causal: bool, name: str = "custom", *, max_bytes: int = MEMORY_LIMIT_BYTES
+    masks: Any,
+    causal: bool,
+    name: str = "custom",
+    *,
+    key_span: Any = None,
+    max_bytes: int = MEMORY_LIMIT_BYTES,
 ) -> Pattern:
     """A pattern from user masks: one (n, n) mask, an (steps, n, n) array, or a sequence of masks.
 
     Each mask is a dense bool array or a scipy sparse bool matrix; all must share n. A causal
     pattern's masks may still hold entries with k > q: :func:`flowgraph.check` counts them.
+
+    ``key_span`` makes the masks non-square, (n, m), over m compressed (downsampled) keys: an
+    int B (key j = tokens jB..jB+B−1), a (size, stride) pair, an (m, 2) array of inclusive token
+    spans or a :class:`flowgraph.keys.KeySpans` — as :func:`flowgraph.from_mask_mod` takes it.
     """
+    if key_span is not None:
+        return _from_key_masks(masks, causal, name, key_span, max_bytes)
     causal = _validate.flag("causal", causal)
     if sp.issparse(masks):
         steps: Sequence[Any] = [masks]
@@ -425,6 +436,31 @@ def from_masks(
 
 
 _LAYOUT_MODES = ("heads", "steps")  # from_block_layout: what a layout's slices are
+
+
+def _from_key_masks(
+    masks: Any, causal: bool, name: str, key_span: Any, max_bytes: object
+) -> Pattern:
+    """from_masks over compressed keys: every mask is (n, m)."""
+    from flowgraph.flex import key_spans_for
+
+    causal = _validate.flag("causal", causal)
+    if sp.issparse(masks) or (isinstance(masks, np.ndarray) and masks.ndim == 2):
+        steps = [masks]
+    elif isinstance(masks, np.ndarray) and masks.ndim == 3:
+        steps = list(masks)
+    elif isinstance(masks, Sequence) and not isinstance(masks, (str, bytes)) and masks:
+        steps = list(masks)
+    else:
+        raise TypeError("masks must be an (n, m) mask, an (steps, n, m) array or a list of them")
+    shapes = {tuple(np.shape(m)) if not sp.issparse(m) else m.shape for m in steps}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(f"masks must all be (n, m) with the same shape, got {sorted(shapes)}")
+    n, m = next(iter(shapes))
+    spans = key_spans_for(key_span, _validate.positive_int("n", n), m)
+    entries = sum(int(x.nnz) if sp.issparse(x) else int(np.count_nonzero(x)) for x in steps)
+    _check_build(f"from_masks(n={n}, keys={m})", n, entries, max_bytes)
+    return Pattern(name, n, causal, steps, {"kv_len": m}, key_spans=[spans] * len(steps))
 
 
 def from_block_layout(

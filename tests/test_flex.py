@@ -401,3 +401,13 @@ def test_flow_graph_figure_draws_compressed_keys():
     assert sorted(int(x) for x, y in zip(held.x, held.y, strict=True) if y == 1) == [
         q for q in range(n) if reach[q, 0]
     ]
+
+
+def test_from_masks_takes_downsampled_key_masks():
+    n, m = 48, 6  # YLG-style: keys pooled over 8 tokens
+    keys_nm = dense_mask(nsa_fixed_8 := (lambda b, h, q, kv: q >= kv * 8 + 7), n, m)
+    p = fg.from_masks(keys_nm, causal=True, key_span=8, name="<lambda>")
+    assert p == fg.from_mask_mod(nsa_fixed_8, n, kv_len=m, key_span=8)
+    assert fg.check(p) == fg.check(fg.from_mask_mod(nsa_fixed_8, n, kv_len=m, key_span=8))
+    with pytest.raises(ValueError, match="key_span describes 6 keys but kv_len=5"):
+        fg.from_masks(keys_nm[:, :5], causal=True, key_span=KeySpans.blocks(n, 8).spans())
