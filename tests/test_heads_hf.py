@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hf_models import reference_attention as _reference
+from hf_models import save_model as _save
 
 from flowgraph.models.heads import load_checkpoint
 
@@ -51,27 +53,6 @@ def _gpt2(vocab=60, **extra):
     )
     torch.manual_seed(0)
     return transformers.GPT2LMHeadModel(config).eval()
-
-
-def _save(model, directory: Path, form: str) -> Path:
-    """``form``: "safetensors" (save_pretrained), "bin" (a pytorch_model.bin state dict) or
-    "sharded" (save_pretrained cut into small shards with an index)."""
-    if form == "bin":
-        directory.mkdir(parents=True)
-        model.config.to_json_file(directory / "config.json")
-        torch.save(model.state_dict(), directory / "pytorch_model.bin")
-    elif form == "sharded":
-        model.save_pretrained(directory, max_shard_size="20KB")
-        assert (directory / "model.safetensors.index.json").is_file()
-    else:
-        model.save_pretrained(directory)
-    return directory
-
-
-def _reference(model, ids: list[int]) -> np.ndarray:
-    with torch.no_grad():
-        attentions = model(torch.tensor([ids]), output_attentions=True).attentions
-    return torch.stack([a[0] for a in attentions]).double().numpy()
 
 
 IDS = [2, 1, 7, 9, 1, 13, 5, 30, 59, 0, 4]  # 1 is RoBERTa's padding id: positions skip it

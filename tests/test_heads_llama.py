@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hf_models import edit_config as _edit_config
+from hf_models import reference_attention as _reference
+from hf_models import save_model as _save
 
 from flowgraph.models import CheckpointError
 from flowgraph.models.heads import load_checkpoint
@@ -60,27 +63,6 @@ def _model(kind: str = "llama", *, heads: int = 4, kv_heads: int = 2, width: int
             if name.endswith("layernorm.weight"):
                 p.uniform_(0.5, 1.5)
     return model
-
-
-def _save(model, directory: Path, form: str) -> Path:
-    """``form``: "safetensors" (save_pretrained), "bin" (a pytorch_model.bin state dict) or
-    "sharded" (save_pretrained cut into small shards with an index)."""
-    if form == "bin":
-        directory.mkdir(parents=True)
-        model.config.to_json_file(directory / "config.json")
-        torch.save(model.state_dict(), directory / "pytorch_model.bin")
-    elif form == "sharded":
-        model.save_pretrained(directory, max_shard_size="20KB")
-        assert (directory / "model.safetensors.index.json").is_file()
-    else:
-        model.save_pretrained(directory)
-    return directory
-
-
-def _reference(model, ids: list[int]) -> np.ndarray:
-    with torch.no_grad():
-        attentions = model(torch.tensor([ids]), output_attentions=True).attentions
-    return torch.stack([a[0] for a in attentions]).double().numpy()
 
 
 IDS = [2, 1, 7, 9, 1, 13, 5, 30, 59, 0, 4]
@@ -264,16 +246,6 @@ def test_a_minimal_config_means_transformers_defaults(tmp_path):
     ckpt = load_checkpoint(directory)
     assert ckpt.num_kv_heads == 4 and ckpt.rotary.rope_type == "default"
     np.testing.assert_allclose(ckpt.attention(IDS), _reference(model, IDS), atol=1e-5, rtol=0)
-
-
-def _edit_config(directory: Path, **changes) -> None:
-    config = json.loads((directory / "config.json").read_text())
-    for key, value in changes.items():
-        if value is None:
-            config.pop(key, None)
-        else:
-            config[key] = value
-    (directory / "config.json").write_text(json.dumps(config))
 
 
 @pytest.mark.parametrize(

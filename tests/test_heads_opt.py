@@ -6,7 +6,6 @@ for what is not read."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hf_models import edit_config as _edit_config
+from hf_models import reference_attention as _reference
 
 from flowgraph.models import CheckpointError
 from flowgraph.models.heads import load_checkpoint
@@ -47,22 +48,6 @@ def _model(*, width: int = 32, heads: int = 4, **extra):
             elif name.endswith("bias"):
                 p.uniform_(-0.3, 0.3)
     return model
-
-
-def _reference(model, ids: list[int]) -> np.ndarray:
-    with torch.no_grad():
-        attentions = model(torch.tensor([ids]), output_attentions=True).attentions
-    return torch.stack([a[0] for a in attentions]).double().numpy()
-
-
-def _edit_config(directory: Path, **changes) -> None:
-    config = json.loads((directory / "config.json").read_text())
-    for key, value in changes.items():
-        if value is None:
-            config.pop(key, None)
-        else:
-            config[key] = value
-    (directory / "config.json").write_text(json.dumps(config))
 
 
 CASES = {
