@@ -853,6 +853,15 @@ _P_SEED = Param(
     _const(MAX_SEED), "0 ≤ seed < 2⁶³", lambda v: None, "none", optional=True,
 )  # fmt: skip
 _BOTH = ("causal", "bidirectional")
+_P_SUMMARY = Param(
+    "summary",
+    "summary columns c per block",
+    _const(1),
+    lambda v: int(v["stride"]),
+    "1 ≤ summary ≤ stride",
+    _const(1),
+    "1",
+)
 
 LIBRARY: dict[str, Spec] = {
     spec.name: spec
@@ -881,15 +890,7 @@ LIBRARY: dict[str, Spec] = {
             "Child et al. 2019, arXiv:1904.10509",
             (
                 _P_STRIDE,
-                Param(
-                    "summary",
-                    "summary columns c per block",
-                    _const(1),
-                    lambda v: int(v["stride"]),
-                    "1 ≤ summary ≤ stride",
-                    _const(1),
-                    "1",
-                ),
+                _P_SUMMARY,
             ),
             _BOTH,
         ),
@@ -900,15 +901,7 @@ LIBRARY: dict[str, Spec] = {
             "Child et al. 2019, arXiv:1904.10509",
             (
                 _P_STRIDE,
-                Param(
-                    "summary",
-                    "summary columns c per block",
-                    _const(1),
-                    lambda v: int(v["stride"]),
-                    "1 ≤ summary ≤ stride",
-                    _const(1),
-                    "1",
-                ),
+                _P_SUMMARY,
                 Param(
                     "heads",
                     "heads (num_verts): head h relays through the h-th summary sub-block",
