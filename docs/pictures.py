@@ -132,6 +132,11 @@ PICTURES: dict[str, tuple[Callable[[], go.Figure], dict]] = {
     "mask_star.png": (lambda: plot.make_mask_figure(fg.star(N)), {}),
     "mask_from_masks.png": (lambda: plot.make_mask_figure(window_without_self()), {}),
     "mask_from_block_layout.png": (lambda: plot.make_mask_figure(block_local_global()), {}),
+    "mask_fixed_heads.png": (
+        lambda: plot.make_mask_figure(fg.fixed_heads(N, stride=8, summary=2, heads=2)),
+        {},
+    ),
+    "mask_grid_ltr.png": (lambda: plot.make_mask_figure(fg.grid_ltr(8, 8)), {}),
     **{f"mask_{p.name}.png": (lambda p=p: plot.make_mask_figure(p), {}) for p in LIBRARY},
 }
 PICTURES.update(heads_pictures.PICTURES)
