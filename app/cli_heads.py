@@ -48,6 +48,10 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
     tokens = heads.add_mutually_exclusive_group()
     tokens.add_argument("--text", help="text to tokenize with the checkpoint's tokenizer")
     tokens.add_argument("--ids", help="token ids, comma-separated (e.g. 1,2,3)")
+    heads.add_argument(
+        "--meta", type=Path, metavar="META.pkl",
+        help="a nanoGPT checkpoint's vocabulary, when not beside it or in data/<dataset>/",
+    )  # fmt: skip
     heads.add_argument("--layer", type=int, default=0, help="layer index (default 0)")
     heads.add_argument("--head", type=int, default=0, help="head index (default 0)")
     heads.add_argument(
@@ -262,7 +266,7 @@ def run_heads(args: argparse.Namespace) -> int:
         raise _usage_error("--mode needs --pattern")
     if (args.stride is not None or args.window is not None) and args.pattern is None:
         raise _usage_error("--stride and --window need --pattern")
-    ckpt = load_checkpoint(args.path)
+    ckpt = load_checkpoint(args.path, meta=args.meta)
     named = head_figures(ckpt, args)
     title = f"{ckpt.name}: layer {args.layer}, head {args.head}"
     if args.compare is not None:

@@ -464,3 +464,11 @@ def test_the_loader_does_not_import_transformers(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert done.stdout.strip() == "False"
+
+
+def test_a_hub_cache_snapshot_is_named_by_its_repository(tmp_path):
+    snapshot = tmp_path / "models--HuggingFaceTB--SmolLM2-tiny" / "snapshots" / "0123abcd"
+    snapshot.parent.mkdir(parents=True)
+    _save(_model(), snapshot, "safetensors")
+    assert load_checkpoint(snapshot).name == "HuggingFaceTB/SmolLM2-tiny"
+    assert load_checkpoint(snapshot / "config.json").name == "HuggingFaceTB/SmolLM2-tiny"

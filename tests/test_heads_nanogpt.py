@@ -122,7 +122,7 @@ def test_attention_equals_a_numpy_nanogpt(tmp_path, bias, compiled):
     assert (ckpt.kind, ckpt.attention_kind, ckpt.name, ckpt.causal) == (
         "nanogpt",
         "dot",
-        "ckpt",
+        "out",  # a nanoGPT run is named by its folder (issue 20)
         True,
     )
     assert (ckpt.num_layers, ckpt.num_heads, ckpt.head_dim, ckpt.d_model, ckpt.n_ctx) == (
@@ -193,3 +193,40 @@ def nanogpt_ckpt(tmp_path_factory):
 def test_any_sequence_matches_the_oracle(nanogpt_ckpt, ids):
     expected, _ = _oracle(_state(True), ids, True)
     np.testing.assert_allclose(nanogpt_ckpt.attention(ids), expected, atol=2e-5, rtol=0)
+
+
+def _repo_layout(root: Path) -> Path:
+    """nanoGPT's own layout: out-*/ckpt.pt beside data/<dataset>/meta.pkl."""
+    ckpt = _write(root / "out-shakespeare-char")
+    (root / "data" / "shakespeare_char").mkdir(parents=True)
+    (ckpt.parent / "meta.pkl").rename(root / "data" / "shakespeare_char" / "meta.pkl")
+    return ckpt
+
+
+def test_meta_pkl_is_found_where_nanogpt_puts_it(tmp_path):
+    ckpt = load_checkpoint(_repo_layout(tmp_path))  # the file itself
+    assert ckpt.name == "out-shakespeare-char"  # the run's folder, not "ckpt"
+    assert ckpt.tokens[:3] == sorted(set("hello world"))[:3]
+    assert "".join(ckpt.tokens[i] for i in ckpt.tokenize("hello")) == "hello"
+
+
+def test_meta_can_be_given_and_its_absence_is_named(tmp_path):
+    path = _write(tmp_path / "run", meta=False)
+    with pytest.raises(ValueError, match=r"no meta.pkl at .*run/meta.pkl.*data/shakespeare_char"):
+        load_checkpoint(path).tokenize("hello")
+    meta = _repo_layout(tmp_path / "repo").parents[1] / "data" / "shakespeare_char" / "meta.pkl"
+    ckpt = load_checkpoint(path, meta=meta)
+    assert "".join(ckpt.tokens[i] for i in ckpt.tokenize("hello")) == "hello"
+    with pytest.raises(ValueError, match="meta: no such file"):
+        load_checkpoint(path, meta=tmp_path / "nope.pkl")
+
+
+def test_cli_heads_takes_meta(tmp_path):
+    from flowgraph.app.cli import main
+
+    path = _write(tmp_path / "run", meta=False)
+    meta = _repo_layout(tmp_path / "repo").parents[1] / "data" / "shakespeare_char" / "meta.pkl"
+    out = tmp_path / "head.html"
+    argv = ["heads", str(path), "--meta", str(meta), "--text", "hello", "--out", str(out)]
+    assert main(argv) == 0
+    assert out.is_file()

@@ -692,9 +692,16 @@ LOOKED_FOR = (
 )
 
 
-def load_checkpoint(path: str | Path, *, cache_bytes: int = ATTENTION_CACHE_BYTES) -> Checkpoint:
+def load_checkpoint(
+    path: str | Path,
+    *,
+    cache_bytes: int = ATTENTION_CACHE_BYTES,
+    meta: str | Path | None = None,
+) -> Checkpoint:
     """The :class:`Checkpoint` at ``path``, whichever kind it is (see the module docstring).
     ``cache_bytes``: the most bytes of attention results it keeps (:meth:`Checkpoint.attention`).
+    ``meta``: a nanoGPT checkpoint's vocabulary ``meta.pkl`` when it is not where nanoGPT puts
+    it (refused for other kinds).
 
     Raises :class:`~models.checkpoint.CheckpointError` (a ValueError) naming the path and what
     was looked for when ``path`` is none of the kinds, and naming the file (and tensor) when a
@@ -703,18 +710,32 @@ def load_checkpoint(path: str | Path, *, cache_bytes: int = ATTENTION_CACHE_BYTE
     if not isinstance(path, (str, Path)):
         raise TypeError(f"path must be a str or Path, got {type(path).__name__}")
     cache_bytes = _cache_bytes(cache_bytes)
-    ckpt = _load(Path(path))
+    if meta is not None and not isinstance(meta, (str, Path)):
+        raise TypeError(f"meta must be a path to meta.pkl, got {type(meta).__name__}")
+    ckpt = _load(Path(path), None if meta is None else Path(meta))
     ckpt.cache_bytes = cache_bytes
     return ckpt
 
 
-def _load(path: Path) -> Checkpoint:
+def directory_name(path: Path) -> str:
+    """A model directory's name: the repository for a Hugging Face hub-cache snapshot
+    (``models--org--name/snapshots/<commit>`` → ``org/name``), else the folder's name."""
+    path = path.resolve()
+    repo = path.parent.parent.name
+    if path.parent.name == "snapshots" and repo.startswith("models--"):
+        return repo[len("models--") :].replace("--", "/")
+    return path.name
+
+
+def _load(path: Path, meta: Path | None = None) -> Checkpoint:
     if path.is_file() and path.suffix != ".pt" and (path.parent / "config.json").is_file():
-        return _load(path.parent)  # a file of a directory checkpoint: the directory
+        return _load(path.parent, meta)  # a file of a directory checkpoint: the directory
     if path.is_file():
         from flowgraph.models.heads.nanogpt import load_nanogpt
 
-        return load_nanogpt(path)
+        return load_nanogpt(path, meta=meta)
+    if meta is not None and not (path / "ckpt.pt").is_file():
+        raise CheckpointError(f"meta={meta} applies to nanoGPT checkpoints only; {path} is not one")
     from flowgraph.models.checkpoint import find_checkpoint
     from flowgraph.models.heads.flowgraph_run import load_flowgraph_run
 
@@ -732,11 +753,13 @@ def _load(path: Path) -> Checkpoint:
     if (path / "config.json").is_file():
         from flowgraph.models.heads.hf import load_hf
 
-        return load_hf(path, _read_json(path / "config.json"))
+        ckpt = load_hf(path, _read_json(path / "config.json"))
+        ckpt.name = directory_name(path)
+        return ckpt
     if (path / "ckpt.pt").is_file():
         from flowgraph.models.heads.nanogpt import load_nanogpt
 
-        return load_nanogpt(path / "ckpt.pt", name=path.name)
+        return load_nanogpt(path / "ckpt.pt", name=path.name, meta=meta)
     found = sorted(p.name for p in path.iterdir())[:10]
     raise CheckpointError(
         f"{path} is not a checkpoint this loader knows; looked for {LOOKED_FOR}. "

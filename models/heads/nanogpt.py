@@ -7,11 +7,16 @@ It is read with ``torch.load(weights_only=True)`` after a static scan of its pic
 (:mod:`models.heads.safe_load`); ``model_args`` sizes must be ints in [1, 2³¹ − 1], and every
 tensor must be a dense float tensor of the shape they give (a wrong dimension names its key).
 
-The vocabulary is ``meta.pkl`` beside the file when there is one (``prepare.py`` of the
-character-level datasets writes ``{"vocab_size", "itos", "stoi"}``; read, after the same scan,
-with an unpickler that builds only builtin dicts, lists, strings and numbers): :meth:`tokenize`
-then maps each character through ``stoi``. Without it the tokens are ``str(id)`` and text is
-read as ids.
+The vocabulary is ``meta.pkl`` (``prepare.py`` of the character-level datasets writes
+``{"vocab_size", "itos", "stoi"}``; read, after the same scan, with an unpickler that builds only
+builtin dicts, lists, strings and numbers), looked for where nanoGPT keeps it: the ``meta=``
+path when given, else beside the file, else ``data/<dataset>/meta.pkl`` — the dataset the
+checkpoint's ``config`` names — in the checkpoint's folder, the folders above it and the working
+directory (nanoGPT runs from its repository root, ``out-*/ckpt.pt`` beside ``data/``).
+:meth:`tokenize` then maps each character through ``stoi``. Without it the tokens are
+``str(id)``, text is read as ids, and a text that is not ids gets an error naming meta.pkl.
+
+A run is named by its folder (``out-shakespeare-char``), not by the file name ``ckpt``.
 
 The forward pass is nanoGPT's, written here from the state dict (:func:`models.heads.hf.
 decoder_attention`): token + position embeddings, pre-LayerNorm blocks (eps 1e-5, biases
@@ -64,7 +69,17 @@ class NanoGPTCheckpoint(Checkpoint):
 
     kind = "nanogpt"
 
-    def __init__(self, path: Path, name: str, store: TensorStore, args: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        name: str,
+        store: TensorStore,
+        args: Mapping[str, Any],
+        *,
+        meta: Path | None = None,
+        dataset: str | None = None,
+    ) -> None:
+        self._meta, self._dataset = meta, dataset
         c, H = _arg(args, "n_embd", path), _arg(args, "n_head", path)
         L, V = _arg(args, "n_layer", path), _arg(args, "vocab_size", path)
         P = _arg(args, "block_size", path)
@@ -154,11 +169,33 @@ class NanoGPTCheckpoint(Checkpoint):
     def _position_embeddings(self) -> torch.Tensor:
         return self._tensor("transformer.wpe.weight")
 
+    def meta_candidates(self) -> list[Path]:
+        """Where the vocabulary is looked for, in order (see the module docstring)."""
+        if self._meta is not None:
+            return [self._meta]
+        out = [self.path.parent / "meta.pkl"]
+        if self._dataset:
+            roots = [self.path.parent, *list(self.path.parent.parents)[:3], Path.cwd()]
+            out += [root / "data" / self._dataset / "meta.pkl" for root in roots]
+        return out
+
     def _vocabulary(self) -> tuple[list[str], Callable[[str], list[int]]]:
         tokens = id_tokens(self.vocab_size)
-        meta_file = self.path.parent / "meta.pkl"
-        if not meta_file.is_file():
-            return tokens, lambda text: split_tokenize(text, tokens)
+        meta_file = next((p for p in self.meta_candidates() if p.is_file()), None)
+        if meta_file is None:
+            looked = ", ".join(str(p) for p in self.meta_candidates())
+
+            def ids_only(text: str) -> list[int]:
+                try:
+                    return split_tokenize(text, tokens)
+                except ValueError as exc:
+                    raise ValueError(
+                        f"{exc}. This nanoGPT checkpoint has no vocabulary: no meta.pkl at "
+                        f"{looked}; give its path (meta=PATH, flowgraph heads --meta PATH) or "
+                        "give token ids"
+                    ) from None
+
+            return tokens, ids_only
         meta = load_plain_pickle(meta_file)
         itos = meta.get("itos") if isinstance(meta, dict) else None
         if not isinstance(itos, dict) or not all(
@@ -174,9 +211,14 @@ class NanoGPTCheckpoint(Checkpoint):
         return tokens, lambda text: split_tokenize(text, tokens)
 
 
-def load_nanogpt(path: Path, *, name: str | None = None) -> NanoGPTCheckpoint:
-    """The nanoGPT checkpoint file ``path`` (named ``name``, else the file's stem)."""
+def load_nanogpt(
+    path: Path, *, name: str | None = None, meta: Path | None = None
+) -> NanoGPTCheckpoint:
+    """The nanoGPT checkpoint file ``path``, named ``name`` — by default its folder's name for
+    nanoGPT's ``ckpt.pt``, else the file's stem; ``meta`` the vocabulary's ``meta.pkl``."""
     path = Path(path)
+    if meta is not None and not Path(meta).is_file():
+        raise CheckpointError(f"meta: no such file: {meta} (nanoGPT's meta.pkl was asked for)")
     data = load_weights_only(path)
     if not isinstance(data, dict) or "model" not in data or "model_args" not in data:
         got = sorted(map(str, data))[:8] if isinstance(data, dict) else type(data).__name__
@@ -194,4 +236,12 @@ def load_nanogpt(path: Path, *, name: str | None = None) -> NanoGPTCheckpoint:
         (k[len(COMPILED_PREFIX) :] if k.startswith(COMPILED_PREFIX) else k): v
         for k, v in state.items()
     }
-    return NanoGPTCheckpoint(path, name or path.stem, TensorStore.from_state(state, path), args)
+    config = data.get("config")
+    dataset = config.get("dataset") if isinstance(config, Mapping) else None
+    if not isinstance(dataset, str) or "/" in dataset or dataset in ("", ".", ".."):
+        dataset = None  # only a plain folder name is looked up under data/
+    default = path.parent.name if path.stem == "ckpt" and path.parent.name else path.stem
+    return NanoGPTCheckpoint(
+        path, name or default, TensorStore.from_state(state, path), args,
+        meta=None if meta is None else Path(meta), dataset=dataset,
+    )  # fmt: skip
