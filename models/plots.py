@@ -138,14 +138,24 @@ def form_symbol(form: QKForm) -> str:
     return "M" if form.space == "head" else "U"
 
 
+FORM_PERCENTILE = 99.5  # the colour range of a form: a few outliers must not wash it out
+
+
 def make_form_figure(
-    form: QKForm, *, parts: str | Sequence[str] = FORM_PARTS, title: str | None = None
+    form: QKForm,
+    *,
+    parts: str | Sequence[str] = FORM_PARTS,
+    title: str | None = None,
+    percentile: float | None = FORM_PERCENTILE,
 ) -> go.Figure:
     """Heatmaps of a head's bilinear form U and/or its symmetric and antisymmetric parts.
 
     ``parts``: one of ``"matrix"``, ``"symmetric"``, ``"antisymmetric"`` or a sequence of them
     (default all three, side by side). The panels share one colour scale, symmetric about 0
-    (white) and spanning ±max|U|, so the antisymmetric part's size reads against U's. Cell
+    (white) and spanning ± the ``percentile`` of |U| (99.5 by default; None: max|U|) — trained
+    BERT-family forms have a few entries far above the rest that would turn a ±max scale nearly
+    white. Cells beyond it saturate; the colour bar says so, and hover gives the true value. The
+    antisymmetric part's size reads against U's. Cell
     (i, j) is U[i, j]: row i is the query side's coordinate, column j the key side's, and the
     raw score is x_a U x_bᵀ (times ``form.scale`` before the softmax).
 
@@ -190,14 +200,24 @@ def make_form_figure(
             row=1,
             col=i + 1,
         )
-    span = float(np.abs(form.matrix).max()) or 1.0  # an all-zero form: any symmetric span
+    abs_u = np.abs(form.matrix)
+    span = float(abs_u.max())
+    if percentile is not None:
+        if isinstance(percentile, bool) or not 0 < float(percentile) <= 100:
+            raise ValueError(f"percentile must be in (0, 100] or None, got {percentile!r}")
+        span = float(np.percentile(abs_u, percentile)) or span  # mostly zeros: use the max
+    span = span or 1.0  # an all-zero form: any symmetric span
+    beyond = int((abs_u > span).sum())
+    label = "value"
+    if beyond:
+        label = f"value<br>±{span:.3g} = p{percentile:g} of |{u}|<br>{beyond} cells beyond"
     fig.update_layout(
         coloraxis={
             "colorscale": _DIVERGING,
             "cmin": -span,
             "cmax": span,
             "cmid": 0.0,
-            "colorbar": {"title": {"text": "value"}, "thickness": 14, "len": 0.8},
+            "colorbar": {"title": {"text": label}, "thickness": 14, "len": 0.8},
         }
     )
     what = "metric M" if form.space == "head" else "bilinear form U"

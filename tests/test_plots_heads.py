@@ -42,14 +42,27 @@ def test_form_figure_shows_the_parts_on_one_symmetric_scale() -> None:
     for trace, part in zip(fig.data, plots.FORM_PARTS, strict=True):
         np.testing.assert_array_equal(trace.z, getattr(form, part))
         assert trace.coloraxis == "coloraxis"
-    span = np.abs(form.matrix).max()
+    span = np.percentile(np.abs(form.matrix), plots.FORM_PERCENTILE)
     axis = fig.layout.coloraxis
     assert (axis.cmin, axis.cmax, axis.cmid) == (-span, span, 0.0)
+    whole = plots.make_form_figure(form, percentile=None).layout.coloraxis
+    assert whole.cmax == np.abs(form.matrix).max()
     assert fig.layout.yaxis.range == (5.5, -0.5)  # row 0 at the top
     assert f"{form.symmetry:.3f}" in fig.layout.title.subtitle.text
     one = plots.make_form_figure(form, parts="antisymmetric", title="mine")
     assert len(one.data) == 1 and one.layout.title.text == "mine"
     np.testing.assert_array_equal(one.data[0].z, form.antisymmetric)
+
+
+def test_form_figure_range_resists_outliers_and_says_so() -> None:
+    u = np.random.default_rng(3).normal(size=(1, 40, 40))
+    u[0, 0, 0] = 500.0  # one outlier, as trained BERT-family forms have
+    form = qk_form(HeadWeights("quadratic", 1.0, u_hcc=u), 0)
+    axis = plots.make_form_figure(form).layout.coloraxis
+    assert axis.cmax < 10  # the bulk keeps its colours
+    assert "p99.5" in axis.colorbar.title.text and "cells beyond" in axis.colorbar.title.text
+    with pytest.raises(ValueError, match="percentile must be in"):
+        plots.make_form_figure(form, percentile=0)
 
 
 def test_form_figure_of_a_zero_form_still_has_a_scale() -> None:
@@ -254,8 +267,9 @@ def test_side_by_side_puts_each_figure_in_its_half() -> None:
     np.testing.assert_array_equal(fig.data[0].z, metric.matrix)
     np.testing.assert_array_equal(fig.data[3].z, quadratic_form(5).matrix)
     # each side keeps its own symmetric scale
-    assert fig.layout.coloraxis.cmax == np.abs(metric.matrix).max()
-    assert fig.layout.coloraxis2.cmax == np.abs(quadratic_form(5).matrix).max()
+    p = plots.FORM_PERCENTILE
+    assert fig.layout.coloraxis.cmax == np.percentile(np.abs(metric.matrix), p)
+    assert fig.layout.coloraxis2.cmax == np.percentile(np.abs(quadratic_form(5).matrix), p)
     assert fig.layout.coloraxis.colorbar.x < 0.5 < fig.layout.coloraxis2.colorbar.x
     texts = [a.text for a in fig.layout.annotations]
     assert "<b>metric model</b>" in texts and "<b>dot model</b>" in texts
