@@ -87,7 +87,9 @@ def test_axes_follow_n_and_layers(browser, url):
 
 # Each drawn figure: its card's heading, the svg's width and its right edge, the card's inner
 # right edge (its border box less the padding).
-_FITS_JS = """() => [...document.querySelectorAll('.js-plotly-plot')].map(gd => {
+_FITS_JS = """() => [...document.querySelectorAll('.js-plotly-plot')]
+    .filter(gd => gd.closest('.fg-section').offsetParent !== null)  // shown cards only
+    .map(gd => {
     const card = gd.closest('.fg-section');
     const svg = gd.querySelector('svg.main-svg').getBoundingClientRect();
     const box = card.getBoundingClientRect();
