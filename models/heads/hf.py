@@ -1,7 +1,7 @@
 """Hugging Face model directories, without ``transformers``: the BERT family and GPT-2 here,
 Llama-style decoders (llama, mistral, qwen2) in :mod:`models.heads.llama`, GPT-NeoX
-(gpt_neox) in :mod:`models.heads.neox`, OPT in :mod:`models.heads.opt`,
-DistilBERT and ALBERT in :mod:`models.heads.distil`.
+(gpt_neox) in :mod:`models.heads.neox`, OPT in :mod:`models.heads.opt`, GPT-Neo (gpt_neo)
+in :mod:`models.heads.gptneo`, DistilBERT and ALBERT in :mod:`models.heads.distil`.
 
 A directory with ``config.json`` (``model_type`` one of :data:`MODEL_TYPES`) and its
 weights as ``model.safetensors``, ``pytorch_model.bin`` (read with ``weights_only=True``) or a
@@ -86,13 +86,14 @@ MODEL_TYPES = {  # model_type → the loader's family
     "qwen2": "llama",
     "gpt_neox": "gpt_neox",
     "opt": "opt",
+    "gpt_neo": "gpt_neo",
     "distilbert": "distilbert",
     "albert": "albert",
 }
 _FAMILIES = (
     "BERT family: BertModel/RobertaModel layout (BERT, RoBERTa, XLM-R, CamemBERT, "
     "data2vec-text, ERNIE, ELECTRA); GPT-2; Llama-style decoders: Llama, Mistral, "
-    "Qwen2, SmolLM, TinyLlama; GPT-NeoX (Pythia); OPT; DistilBERT; ALBERT"
+    "Qwen2, SmolLM, TinyLlama; GPT-NeoX (Pythia); OPT; GPT-Neo (TinyStories); DistilBERT; ALBERT"
 )
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,  # the exact (erf) GELU
@@ -614,6 +615,10 @@ def load_hf(path: Path, config: Any) -> Checkpoint:
         from flowgraph.models.heads.opt import OPTCheckpoint
 
         return OPTCheckpoint(path, config, store)
+    if family == "gpt_neo":
+        from flowgraph.models.heads.gptneo import GPTNeoCheckpoint
+
+        return GPTNeoCheckpoint(path, config, store)
     if family in ("distilbert", "albert"):
         from flowgraph.models.heads.distil import AlbertCheckpoint, DistilBertCheckpoint
 
