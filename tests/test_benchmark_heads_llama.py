@@ -18,7 +18,11 @@ def test_quick_run_prints_the_table_and_the_goals(tmp_path: Path) -> None:
     assert_quick_report(proc, md)
     (rows,) = tables(proc.stdout)
     assert rows[0] == ["step", "ours s", "transformers s"]
-    assert [r[0] for r in rows[1:]][:2] == ["load", "attention, every head, T = 32"]
+    assert [r[0] for r in rows[1:]][:3] == [
+        "load",
+        "load + first attention",
+        "attention, every head, T = 32",
+    ]
     assert "max |Δ| attention vs transformers = " in proc.stdout
     load = re.search(r"^- load ≤ transformers: ([\d.]+) s vs ([\d.]+) s — (met|NOT met)$",
                      proc.stdout, re.M)  # fmt: skip
