@@ -41,3 +41,14 @@ def edit_config(directory: Path, **changes) -> None:
         else:
             config[key] = value
     (directory / "config.json").write_text(json.dumps(config))
+
+
+def perturb_norms_and_biases(model, norm: str) -> None:
+    """LayerNorms start at (1, 0) and biases at 0: draw them so they matter in a comparison.
+    ``norm`` is the substring naming the model's norm weights (``"layernorm"``, ``".ln_"``)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if norm in name and name.endswith("weight"):
+                p.uniform_(0.5, 1.5)
+            elif name.endswith("bias"):
+                p.uniform_(-0.3, 0.3)

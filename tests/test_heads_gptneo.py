@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from hf_models import edit_config as _edit_config
+from hf_models import perturb_norms_and_biases
 from hf_models import reference_attention as _reference
 
 from flowgraph.models import CheckpointError
@@ -45,12 +46,7 @@ def _model(*, width: int = 32, heads: int = 4, types=None, **extra):
     )
     torch.manual_seed(0)
     model = transformers.GPTNeoForCausalLM(config).eval()
-    with torch.no_grad():  # LayerNorms start at (1, 0) and biases at 0: make them matter
-        for name, p in model.named_parameters():
-            if ".ln_" in name and name.endswith("weight"):
-                p.uniform_(0.5, 1.5)
-            elif name.endswith("bias"):
-                p.uniform_(-0.3, 0.3)
+    perturb_norms_and_biases(model, ".ln_")
     return model
 
 
